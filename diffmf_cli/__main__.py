@@ -1,0 +1,3 @@
+from diffmf_cli.cli.app import main
+
+main()

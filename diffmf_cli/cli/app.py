@@ -1,0 +1,23 @@
+"""The `diffmf` command: one small module per sub-command (parse -> call -> render)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="diffmf",
+    help="Fuse registered multi-modal image pairs with DIFF-MF and measure fusion quality.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Each command module adds itself to `app`; heavy imports (torch) stay inside the commands.
+    from diffmf_cli.cli import benchmark, evaluate, fuse, train  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()
