@@ -1,0 +1,136 @@
+"""The fusion loss: intensity, gradient and structural (SSIM) terms.
+
+The lineage DIFF-MF's README points to (SwinFusion, MambaDFuse) trains with, for IR–visible pairs,
+
+    L = 20·L1(F, max(IR, Y)) + 20·L1(|∇F|, max(|∇IR|, |∇Y|)) + 10·(1 − (w_ir·SSIM(F, IR) + w_vi·SSIM(F, Y)))
+
+and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper gives no values; these are
+**ours** (see ``docs/diffmf-architecture.md``). Details that are also ours:
+
+- ``|∇x| = |Sobel_x * x| + |Sobel_y * x|`` (SwinFusion's form), with reflect padding so a crop's border
+  does not read as an edge;
+- w_ir, w_vi are each source's mean gradient magnitude, normalised to sum to 1, **per sample**
+  (equal when both sources are flat);
+- SSIM with an 11×11 Gaussian window (σ = 1.5), C1 = 0.01², C2 = 0.03² for data in [0, 1], "valid"
+  convolution (no padding), averaged over each sample.
+
+All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the three terms and how the two SSIM terms are weighted.
+
+    ``ssim_weighting``: ``"gradient"`` (w from each source's mean gradient magnitude) or ``"equal"`` (½, ½).
+    """
+
+    intensity: float = 20.0
+    gradient: float = 20.0
+    ssim: float = 10.0
+    ssim_weighting: str = "gradient"
+
+    def __post_init__(self):
+        if self.ssim_weighting not in ("gradient", "equal"):
+            raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The two variants of the architecture doc.
+LOSS_PRESETS: dict[str, LossWeights] = {
+    "ir-vis": LossWeights(20.0, 20.0, 10.0, "gradient"),
+    "medical": LossWeights(20.0, 100.0, 50.0, "equal"),
+}
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 1, H, W): |Sobel_x * x| + |Sobel_y * x| with reflect padding (H, W >= 2)."""
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    kernel = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    g = F.conv2d(padded, kernel)
+    return g.abs().sum(dim=1, keepdim=True)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(1, 1, size, size)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
+         data_range: float = 1.0) -> torch.Tensor:
+    """Per-sample mean SSIM of two (B, 1, H, W) images -> (B,). Needs H, W >= ``window``."""
+    if x.shape[-1] < window or x.shape[-2] < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window}, got {tuple(x.shape[-2:])}")
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    w = _gaussian_window(window, sigma, x.device, x.dtype)
+    # One conv over the five maps at once.
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=0)
+    mu_x, mu_y, e_xx, e_yy, e_xy = F.conv2d(stack, w).split(x.shape[0], dim=0)
+    var_x = e_xx - mu_x**2
+    var_y = e_yy - mu_y**2
+    cov = e_xy - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).flatten(1).mean(dim=1)
+
+
+def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
+                 grad_ir: torch.Tensor | None = None, grad_vis: torch.Tensor | None = None):
+    """Per-sample (w_ir, w_vi), each (B,), summing to 1."""
+    b = ir.shape[0]
+    if mode == "equal":
+        half = torch.full((b,), 0.5, device=ir.device, dtype=ir.dtype)
+        return half, half
+    g_ir = (grad_ir if grad_ir is not None else sobel_magnitude(ir)).flatten(1).mean(dim=1)
+    g_vi = (grad_vis if grad_vis is not None else sobel_magnitude(vis)).flatten(1).mean(dim=1)
+    eps = 1e-8
+    total = g_ir + g_vi + 2 * eps
+    return (g_ir + eps) / total, (g_vi + eps) / total
+
+
+def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
+                weights: LossWeights = LOSS_PRESETS["ir-vis"]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of a fused batch against its sources.
+
+    Returns ``(total, parts)``: ``total`` a scalar (mean over the batch), ``parts`` the *unweighted* terms
+    ``intensity`` (L1 to max), ``gradient`` (L1 of gradient magnitudes), ``ssim`` (the weighted SSIM, so the
+    structural term is ``1 − ssim``), each a detached scalar.
+    """
+    if not (fused.shape == ir.shape == vis.shape) or fused.dim() != 4 or fused.shape[1] != 1:
+        raise ValueError(f"fusion_loss needs three (B, 1, H, W) tensors of one shape, got "
+                         f"{tuple(fused.shape)}, {tuple(ir.shape)}, {tuple(vis.shape)}")
+    intensity = (fused - torch.maximum(ir, vis)).abs().mean()
+    g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
+    gradient = (g_f - torch.maximum(g_ir, g_vis)).abs().mean()
+    w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
+    structural = (w_ir * ssim(fused, ir) + w_vi * ssim(fused, vis)).mean()
+    total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * (1 - structural)
+    parts = {"intensity": intensity.detach(), "gradient": gradient.detach(), "ssim": structural.detach()}
+    return total, parts
+
+
+class FusionLoss(nn.Module):
+    """Module form of :func:`fusion_loss`: ``FusionLoss("ir-vis")(fused, ir, vis) -> (total, parts)``."""
+
+    def __init__(self, weights: LossWeights | str = "ir-vis"):
+        super().__init__()
+        self.weights = LOSS_PRESETS[weights] if isinstance(weights, str) else weights
+
+    def forward(self, fused, ir, vis):
+        return fusion_loss(fused, ir, vis, self.weights)
