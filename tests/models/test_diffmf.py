@@ -1,0 +1,178 @@
+"""DIFF-MF network: shapes, batching, gradients, and that the exchanges do what the figure says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffmf_cli.models import PRESETS, DiffMFConfig, create_model, get_config, model_cost
+from diffmf_cli.modules import exchange
+from diffmf_cli.modules.exchange import (
+    ChannelExchange,
+    concat_maps,
+    interleave_columns,
+    interleave_rows,
+    split_columns,
+    split_concat,
+    split_rows,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("tiny").eval()
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 9), (3, 2), (7, 13), (17, 31), (33, 65), (64, 64)])
+def test_any_size_gives_same_size_output_in_unit_range(tiny, hw):
+    ir, vi = torch.rand(2, 1, *hw), torch.rand(2, 1, *hw)
+    with torch.inference_mode():
+        out = tiny(ir, vi)
+    assert out.shape == (2, 1, *hw)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_batch_equals_one_pair_at_a_time(tiny):
+    ir, vi = torch.rand(3, 1, 40, 24), torch.rand(3, 1, 40, 24)
+    with torch.inference_mode():
+        batched = tiny(ir, vi)
+        single = torch.cat([tiny(ir[i:i + 1], vi[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_is_deterministic(tiny):
+    ir, vi = torch.rand(1, 1, 32, 48), torch.rand(1, 1, 32, 48)
+    with torch.inference_mode():
+        assert torch.equal(tiny(ir, vi), tiny(ir, vi))
+
+
+def test_output_depends_on_both_inputs(tiny):
+    ir, vi = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    with torch.inference_mode():
+        base = tiny(ir, vi)
+        assert not torch.allclose(base, tiny(torch.rand_like(ir), vi))
+        assert not torch.allclose(base, tiny(ir, torch.rand_like(vi)))
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(1)
+    model = create_model("tiny").train()
+    out = model(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reached: {missing}"
+
+
+def test_wrong_input_shapes_raise_value_error(tiny):
+    with pytest.raises(ValueError, match="ir and vis_y"):
+        tiny(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="ir and vis_y"):
+        tiny(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+
+
+def _record_scans(module: ChannelExchange):
+    """Wrap both modalities' project/scan to record which B, C each scan received and which each produced."""
+    produced, received = {}, {}
+    for m, params in enumerate(module.scan):
+        project, scan = params.project, params.scan
+
+        def rec_project(xs, m=m, project=project):
+            produced[m] = project(xs)
+            return produced[m]
+
+        def rec_scan(xs, dts, bs, cs, m=m, scan=scan):
+            received[m] = (dts, bs, cs)
+            return scan(xs, dts, bs, cs)
+
+        params.project, params.scan = rec_project, rec_scan
+    return produced, received
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_channel_exchange_scans_with_the_other_modalitys_b_and_c(swap):
+    torch.manual_seed(2)
+    cem = ChannelExchange(dim=8, d_state=4, expand=1.0, exchange=swap)
+    produced, received = _record_scans(cem)
+    cem(torch.rand(1, 8, 6, 5), torch.rand(1, 8, 6, 5))
+    for m in (0, 1):
+        other = 1 - m if swap else m
+        assert received[m][0] is produced[m][0], "Δ must stay the scanning modality's own"
+        assert received[m][1] is produced[other][1] and received[m][2] is produced[other][2]
+
+
+def test_channel_exchange_output_of_ir_depends_on_visible_b_c():
+    # Changing only the visible map must change the IR branch's output (through B_vi, C_vi and ω).
+    torch.manual_seed(3)
+    cem = ChannelExchange(dim=8, d_state=4, expand=1.0).eval()
+    f_ir, f_vi = torch.rand(1, 8, 6, 5), torch.rand(1, 8, 6, 5)
+    with torch.no_grad():
+        a, _ = cem(f_ir, f_vi)
+        b, _ = cem(f_ir, f_vi + torch.rand_like(f_vi))
+    assert not torch.allclose(a, b)
+
+
+def _labelled(h, w, tag):
+    # Each value encodes (modality tag, row, column) so positions can be read back.
+    r = torch.arange(h).view(h, 1).expand(h, w)
+    c = torch.arange(w).view(1, w).expand(h, w)
+    return (tag * 10000 + r * 100 + c).float().view(1, 1, h, w)
+
+
+def test_spatial_arrangements_interleave_as_the_figure_shows():
+    a, b = _labelled(2, 3, 1), _labelled(2, 3, 2)
+    cols = interleave_columns(a, b)[0, 0]
+    assert cols.shape == (2, 6)
+    assert cols[1].tolist() == [10100, 20100, 10101, 20101, 10102, 20102]  # IR col j, then VI col j
+    rows = interleave_rows(a, b)[0, 0]
+    assert rows.shape == (4, 3)
+    assert rows[:, 2].tolist() == [10002, 20002, 10102, 20102]  # IR row i, then VI row i
+    cat = concat_maps(a, b)[0, 0].flatten()
+    assert cat.tolist()[:6] == a.flatten().tolist() and cat.tolist()[6:] == b.flatten().tolist()
+    for arrange, split in ((interleave_columns, split_columns), (interleave_rows, split_rows),
+                           (concat_maps, split_concat)):
+        back_a, back_b = split(arrange(a, b))
+        assert torch.equal(back_a, a) and torch.equal(back_b, b)
+
+
+def test_cross_scan_merge_is_the_adjoint_of_the_scan_orders():
+    from diffmf_cli.modules.vss import cross_merge, cross_scan
+
+    x = torch.rand(2, 3, 4, 5)
+    for k in (2, 4):
+        xs = cross_scan(x, k)
+        assert xs.shape == (2, k, 3, 20)
+        torch.testing.assert_close(cross_merge(xs, 4, 5), k * x)  # every order is a permutation
+    assert torch.equal(cross_scan(x, 4)[0, 1, 0, :4], x[0, 0, :, 0])  # column-major: down the first column
+
+
+def test_config_round_trip_and_validation():
+    for cfg in PRESETS.values():
+        assert DiffMFConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="unknown DiffMFConfig fields"):
+        DiffMFConfig.from_dict({"width": 3})
+    with pytest.raises(ValueError, match="sem_arrangements"):
+        DiffMFConfig(sem_arrangements=("diagonal",))
+
+
+@pytest.mark.parametrize("changes", [
+    {"use_guidance": False}, {"use_channel_exchange": False}, {"exchange_bc": False},
+    {"use_spatial_exchange": False}, {"sem_arrangements": ("concat",)}, {"n_stages": 2, "sem_levels": 1},
+])
+def test_ablation_variants_run(changes):
+    model = create_model(get_config("tiny").replace(**changes)).eval()
+    with torch.inference_mode():
+        assert model(torch.rand(1, 1, 20, 28), torch.rand(1, 1, 20, 28)).shape == (1, 1, 20, 28)
+
+
+def test_model_cost_counts_dense_macs_and_scan_updates():
+    cost = model_cost("tiny", size=(64, 64))
+    assert cost["params"] == sum(p.numel() for p in create_model("tiny").parameters())
+    assert cost["macs_per_megapixel"] > 0
+    cfg = get_config("tiny")
+    # At least the self + shared scans of stage 1: 4 directions · d_inner · N per token on the scan grid,
+    # for the 2 self blocks and the shared block run on both modalities.
+    grid_tokens_per_mp = 1e6 / 4 ** cfg.stem_downsample
+    assert cost["scan_updates_per_megapixel"] >= 4 * 4 * cfg.dim * cfg.d_state * grid_tokens_per_mp
