@@ -1,9 +1,203 @@
-"""`diffmf fuse` (being written)."""
+"""`diffmf fuse`: fuse registered pairs (two folders, one pair of files, or a CSV list) into images.
+
+Parse the command line, collect the pairs (`diffmf_cli.io.pairs`), load the weights, hand everything to the
+engine (`diffmf_cli.fusion`) and render what comes back: a progress bar on stderr when it is a terminal, one
+line per failure on stderr, and a summary (or, with --json, one JSON document) on stdout.
+Exit codes: 0 every pair fused or skipped, 1 some pairs failed, 2 the command could not run at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
 
 from diffmf_cli.cli.app import app
+from diffmf_cli.errors import DiffMFError, InputError, UsageError
+
+
+def _parse_tile(text: str) -> int | None:
+    key = text.strip().lower()
+    if key == "auto":
+        return None
+    if key in ("off", "0", "none"):
+        return 0
+    try:
+        return int(key)
+    except ValueError:
+        raise UsageError(f"--tile {text}: expected auto, off or a size in pixels") from None
 
 
 @app.command("fuse")
-def fuse_command() -> None:
-    """Not yet available."""
-    raise SystemExit("diffmf fuse: not yet available")
+def fuse_command(
+    ir: Optional[Path] = typer.Argument(None, help="Folder of infrared (or MRI) images, or one image file.",
+                                        show_default=False),
+    vis: Optional[Path] = typer.Argument(None, help="Folder of visible (or CT/PET/SPECT) images, or one file.",
+                                         show_default=False),
+    output: Path = typer.Option(..., "--output", "-o",
+                                help="Output folder (or, for one pair of files, an output file name)."),
+    pairs_csv: Optional[Path] = typer.Option(None, "--pairs", help="CSV of pairs: rows ir,vis[,out]; "
+                                             "relative paths are relative to the CSV file."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders; mirror them in OUTPUT."),
+    strict: bool = typer.Option(False, "--strict", help="Files without a partner are an error (nothing is fused)."),
+    gray: bool = typer.Option(False, "--gray", help="Write the fused luminance only, even for colour inputs."),
+    ext: str = typer.Option("png", "--ext", help="Output format: png, jpg or tif (16-bit inputs keep 16 bits "
+                            "in png/tif)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose output exists (default: skip)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Most same-size pairs per forward "
+                                             "pass [default: 1 on CPU, 8 on CUDA]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16/fp16 (CUDA only)."),
+    tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; auto (from free "
+                             "memory) or off."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: fuse only the K-th (0-based) of N "
+                                        "disjoint, stable slices of the pairs."),
+    model: Optional[str] = typer.Option(None, "--model", help="Shipped model: ir-vis (default) or medical."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A diffmf weights file (.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (a record per pair) on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary; failures still listed."),
+) -> None:
+    """Fuse every registered pair: IR_DIR VIS_DIR -o OUT_DIR, or IR_FILE VIS_FILE -o FUSED_FILE, or --pairs."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        code = _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device,
+                    batch_size, precision, tile, shard, model, weights, as_json, quiet)
+    except DiffMFError as exc:
+        err.print(f"diffmf fuse: error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device, batch_size,
+         precision, tile, shard, model, weights, as_json, quiet) -> int:
+    from diffmf_cli.fusion import FuseOptions, FusionEngine, PairResult, Summary, resolve_device, resolve_precision
+    from diffmf_cli.io.pairs import Pair, is_image_file, pair_folders, parse_shard, read_pair_list, select_shard
+
+    options = FuseOptions(ext=ext.lower().lstrip("."), gray=gray, overwrite=overwrite, batch_size=batch_size,
+                          tile=_parse_tile(tile))
+    shard_k_n = parse_shard(shard) if shard is not None else None
+    if model is not None and weights is not None:
+        raise UsageError("give --model or --weights, not both")
+    torch_device = resolve_device(device)
+    dtype = resolve_precision(precision, torch_device)
+
+    # ---- which pairs
+    pairs: list[Pair]
+    unmatched: list[Path] = []
+    failed_early: list[tuple[str, str]] = []
+    out_dir: Path | None = output
+    if pairs_csv is not None:
+        if ir is not None or vis is not None:
+            raise UsageError("give either IR VIS or --pairs LIST.csv, not both")
+        pairs = read_pair_list(pairs_csv)
+    elif ir is None or vis is None:
+        raise UsageError("give IR and VIS (two folders or two image files), or --pairs LIST.csv")
+    elif ir.is_file() or vis.is_file():
+        for path in (ir, vis):
+            if not path.is_file():
+                raise UsageError(f"{path}: not an image file (IR and VIS must both be files or both folders)")
+        if is_image_file(output):
+            pairs, out_dir = [Pair(ir.stem, ir, vis, output)], None
+        else:
+            pairs = [Pair(ir.stem, ir, vis)]
+    else:
+        pairing = pair_folders(ir, vis, recursive=recursive)
+        unmatched = pairing.unmatched
+        failed_early = [(name, f"{name}: ambiguous, several files share this name: "
+                         + ", ".join(str(p) for p in files)) for name, files in pairing.ambiguous.items()]
+        if strict and (unmatched or failed_early):
+            problems = [f"{p} (no partner)" for p in unmatched] + [reason for _, reason in failed_early]
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise InputError(f"--strict: {len(problems)} file(s) cannot be paired: {'; '.join(problems[:3])}{more}")
+        pairs = pairing.pairs
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: output exists and is not a folder")
+    if shard_k_n is not None:
+        pairs = select_shard(pairs, *shard_k_n)
+        failed_early = [(n, r) for n, r in failed_early if _in_shard(n, shard_k_n)]
+
+    # ---- the model
+    net, weights_path = _load_model(model, weights, torch_device)
+    engine = FusionEngine(net, torch_device, dtype, options)
+
+    # ---- run
+    if not quiet:
+        for path in unmatched:
+            err.print(f"no partner: {path}", markup=False)
+    summary = Summary(unmatched=len(unmatched))
+    for name, reason in failed_early:
+        summary.add(PairResult(-1, name, None, None, None, "failed", reason))
+    start = time.perf_counter()
+    progress = _progress(err, len(pairs)) if (not quiet and err.is_terminal and pairs) else None
+    try:
+        task = progress.add_task("fusing", total=len(pairs)) if progress else None
+        if progress:
+            progress.start()
+        for result in engine.run(pairs, out_dir):
+            summary.add(result)
+            if progress:
+                progress.advance(task)
+    finally:
+        if progress:
+            progress.stop()
+    summary.seconds = time.perf_counter() - start
+
+    # ---- render
+    summary.results.sort(key=lambda r: (r.index, r.name))
+    for result in summary.results:
+        if result.status == "failed":
+            err.print(f"failed: {result.error}", markup=False)
+    if as_json:
+        doc = {
+            "fused": summary.fused, "skipped": summary.skipped, "failed": summary.failed,
+            "unmatched": summary.unmatched, "seconds": round(summary.seconds, 3),
+            "pairs_per_second": round(summary.pairs_per_second, 3),
+            "device": str(torch_device), "precision": precision, "weights": str(weights_path),
+            "unmatched_files": [str(p) for p in unmatched],
+            "pairs": [r.to_record() for r in summary.results],
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+    elif not quiet:
+        out.print(f"{summary.fused} fused, {summary.skipped} skipped, {summary.failed} failed, "
+                  f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
+                  f"({summary.pairs_per_second:.2f} pairs/s) on {torch_device}", markup=False)
+    return 1 if summary.failed else 0
+
+
+def _in_shard(name: str, k_n: tuple[int, int]) -> bool:
+    from diffmf_cli.io.pairs import shard_of
+
+    return shard_of(name, k_n[1]) == k_n[0]
+
+
+def _load_model(model: str | None, weights: Path | None, device):
+    """Load the shipped model (by name) or a weights file; CheckpointError (exit 2) when it cannot."""
+    from diffmf_cli.errors import CheckpointError
+    from diffmf_cli.weights import SHIPPED_MODELS, load_weights, resolve_weights
+
+    if weights is not None:
+        path = resolve_weights(weights)
+    else:
+        name = model or "ir-vis"
+        if name not in SHIPPED_MODELS:
+            raise UsageError(f"--model {name}: expected one of {', '.join(SHIPPED_MODELS)} (or use --weights PATH)")
+        try:
+            path = resolve_weights(name)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; no trained weights, so nothing is fused (pass --weights PATH)") from None
+    net, _meta = load_weights(path, device=device)
+    return net, path
+
+
+def _progress(console: Console, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
