@@ -66,9 +66,10 @@ def selective_scan_ref(
 
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(length):
-        h = decay[:, :, t] * h + drive[:, :, t]
-        ys.append(torch.einsum("bdn,bdn->bd", h, C[:, :, :, t]))
+    # unbind (not indexing inside the loop) keeps autograd's backward linear in L.
+    for decay_t, drive_t, c_t in zip(decay.unbind(2), drive.unbind(2), C.unbind(3)):
+        h = decay_t * h + drive_t
+        ys.append(torch.einsum("bdn,bdn->bd", h, c_t))
     y = torch.stack(ys, dim=2) if ys else u.new_zeros(batch, dim, 0)
 
     if D is not None:
