@@ -275,3 +275,28 @@ def test_cuda_half_precision_close_to_fp32():
     for dtype in (torch.float16, torch.bfloat16):
         got = FusionEngine(model, "cuda", dtype).fuse_arrays(ir, y)
         assert np.abs(got - ref).max() < 0.05
+
+
+def test_disk_full_on_one_output_loses_nothing_else(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import diffmf_cli.io.images as images
+
+    pairs = [make_pair(tmp_path, f"w{i}", smooth(6, 6), smooth(6, 6)) for i in range(3)]
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync(fd):  # the disk fills up on the second output
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(images.os, "fsync", fsync)
+    results = run(FusionEngine(Mean()), pairs, tmp_path / "out")
+    assert [r.status for r in results].count("failed") == 1
+    [bad] = [r for r in results if r.status == "failed"]
+    assert "No space left on device" in bad.error and str(bad.output) in bad.error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{r.name}.png" for r in results if r.status == "fused")

@@ -180,3 +180,17 @@ def test_write_errors(tmp_path):
         write_image(tmp_path / "a.jpg", rand((4, 4), np.uint16))
     with pytest.raises(InputError, match="unknown output format"):
         write_image(tmp_path / "a.gif", rand((4, 4)))
+
+
+def test_disk_full_is_reported_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(InputError, match="No space left on device") as info:
+        write_image(tmp_path / "o.png", rand((4, 4)))
+    assert str(tmp_path / "o.png") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
