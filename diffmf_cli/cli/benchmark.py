@@ -1,9 +1,331 @@
-"""`diffmf benchmark` (being written)."""
+"""`diffmf benchmark`: throughput, latency, memory and scaling of the network, measured like an instrument.
+
+Parse the command line, load the model, hand the measuring to `diffmf_cli.benchmark` and render what comes
+back: a header of machine facts and method, then a table (or one JSON document, or CSV) on stdout or in
+--output FILE; progress lines go to stderr. Exit codes: 0 measured, 1 bad input files, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+import typer
+from rich.console import Console
+from rich.table import Table
 
 from diffmf_cli.cli.app import app
+from diffmf_cli.errors import DiffMFError, UsageError
+
+FORMATS = ("table", "json", "csv")
 
 
 @app.command("benchmark")
-def benchmark_command() -> None:
-    """Not yet available."""
-    raise SystemExit("diffmf benchmark: not yet available")
+def benchmark_command(
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Comma-separated HxW sizes (N for NxN) "
+                                        "[default: 256x256,480x640,1024x1280; --sweep: 128..2048 squares; "
+                                        "--compare-scan: 64x64,128x128]."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes "
+                                              "[default: 1 on CPU, 1,4,16 on CUDA]."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16, fp16 (half on CUDA only); "
+                                  "comma-separated to compare, e.g. fp32,bf16."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and the numba scan "
+                                          "[default: torch's]."),
+    scan: Optional[str] = typer.Option(None, "--scan", help="Force a scan path: reference, cpu, triton, mamba."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Time tiled fusion (the fuse engine's path for "
+                                       "large images) with tiles of at most N×N pixels."),
+    warmup: int = typer.Option(2, "--warmup", help="Untimed passes before timing each row."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Timed passes per row [default: at least 3 and "
+                                        "at least --min-time seconds]."),
+    min_time: float = typer.Option(2.0, "--min-time", help="With automatic --iters: seconds of timed passes "
+                                   "per row at least."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Time a preset's architecture (tiny, cpu, gpu) "
+                                         "with random weights."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="A weights file or shipped model name "
+                                          "[default: the shipped ir-vis model]."),
+    compare_scan: bool = typer.Option(False, "--compare-scan", help="Run every available scan path on the "
+                                      "same inputs: speed ratios and largest output difference."),
+    input_dirs: Optional[Tuple[Path, Path]] = typer.Option(None, "--input", metavar="IR_DIR VIS_DIR",
+                                                           help="Time the whole fuse pipeline on real files "
+                                                           "(read, model, write)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --input: use the first N pairs only."),
+    sweep: bool = typer.Option(False, "--sweep", help="Time 5 sizes from 128×128 to 2048×2048, fit time ∝ "
+                               "pixels^k and plot time per megapixel."),
+    plot: Path = typer.Option(Path("diffmf-benchmark-sweep.png"), "--plot", help="With --sweep: where the "
+                              "PNG plot goes."),
+    fmt: str = typer.Option("table", "--format", help="table, json or csv."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to FILE instead "
+                                          "of stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
+) -> None:
+    """Measure pairs/s, megapixels/s, latency and peak memory of the network on synthetic pairs."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        text = _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time,
+                    preset, weights, compare_scan, input_dirs, limit, sweep, plot, fmt, output, quiet)
+    except DiffMFError as exc:
+        err.print(f"diffmf benchmark: error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        _write_text(output, text)
+        if not quiet:
+            err.print(f"wrote {output}", markup=False)
+
+
+def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time, preset,
+         weights, compare_scan, input_dirs, limit, sweep, plot, fmt, output, quiet) -> str:
+    import torch
+
+    from diffmf_cli import benchmark as bm
+    from diffmf_cli.fusion import resolve_device, resolve_precision
+
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if input_dirs is not None and all(p is None for p in input_dirs):
+        input_dirs = None
+    modes = [name for name, on in (("--compare-scan", compare_scan), ("--input", input_dirs is not None),
+                                   ("--sweep", sweep)) if on]
+    if len(modes) > 1:
+        raise UsageError(f"give one of {', '.join(modes)} at a time")
+    if warmup < 0:
+        raise UsageError(f"--warmup {warmup}: must be 0 or more")
+    if iters is not None and iters < 1:
+        raise UsageError(f"--iters {iters}: must be at least 1")
+    if tile is not None and tile < 16:
+        raise UsageError(f"--tile {tile}: tiles must be at least 16 pixels")
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit {limit}: must be at least 1")
+    if compare_scan and scan is not None:
+        raise UsageError("--compare-scan runs every scan path; do not also give --scan")
+
+    torch_device = resolve_device(device)
+    dtypes = [resolve_precision(p, torch_device) for p in precision.split(",") if p.strip()]
+    if not dtypes:
+        raise UsageError(f"--precision {precision!r}: no precision given")
+    bm.set_threads(threads)
+    progress = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
+
+    progress("loading the model and counting its compute")
+    bench = bm.load_model(torch_device, preset=preset, weights=weights)
+    result: dict = {
+        "machine": bm.machine_facts(torch_device),
+        "model": {"source": bench.source, "weights": bench.weights, "preset": bench.preset,
+                  "config": bench.config.to_dict(), **bench.cost},
+        "settings": {"warmup": warmup, "iters": iters, "min_time_s": min_time, "scan": scan, "tile": tile,
+                     "threads": torch.get_num_threads(),
+                     "scan_env": os.environ.get("DIFFMF_SCAN") or None},
+        "rows": [], "compare": None, "sweep": None, "pipeline": None,
+    }
+    default_batches = [1] if torch_device.type == "cpu" else [1, 4, 16]
+    batches = bm.parse_counts(batch_sizes, "--batch-sizes") if batch_sizes else default_batches
+
+    with torch.inference_mode():
+        if compare_scan:
+            chosen = bm.parse_sizes(sizes) if sizes else list(bm.COMPARE_SIZES)
+            result["compare"] = bm.compare_scan_paths(bench, chosen, torch_device, dtypes[0], warmup=warmup,
+                                                      iters=iters, min_seconds=min_time, progress=progress)
+        elif input_dirs is not None:
+            result["pipeline"] = bm.time_pipeline(bench, input_dirs[0], input_dirs[1], torch_device, dtypes[0],
+                                                  batch_size=batches[0] if batch_sizes else None, tile=tile,
+                                                  limit=limit, progress=progress)
+        elif sweep:
+            chosen = bm.parse_sizes(sizes) if sizes else list(bm.SWEEP_SIZES)
+            if len(set(h * w for h, w in chosen)) < 2:
+                raise UsageError("--sweep needs at least two different sizes")
+            swept = bm.run_sweep(bench, chosen, torch_device, dtypes[0], batch=batches[0], warmup=warmup,
+                                 iters=iters, min_seconds=min_time, scan=scan, progress=progress)
+            result["rows"] = swept["rows"]
+            title = f"{bench.preset or 'model'} on {result['machine']['gpu_name'] or result['machine']['cpu_model']}"
+            swept["plot"] = str(bm.plot_sweep(swept, plot, title))
+            result["sweep"] = {k: v for k, v in swept.items() if k != "rows"}
+        else:
+            chosen = bm.parse_sizes(sizes) if sizes else list(bm.DEFAULT_SIZES)
+            result["rows"] = bm.run_table(bench, chosen, batches, torch_device, dtypes, warmup=warmup,
+                                          iters=iters, min_seconds=min_time, tile=tile, scan=scan,
+                                          progress=progress)
+    try:
+        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        result["machine"]["load_average_at_end"] = None
+
+    if fmt == "json":
+        return json.dumps(result, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        fields, rows = bm.csv_rows(result)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+    return _render_table(result, to_terminal=output is None and sys.stdout.isatty())
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _header(result: dict) -> list[str]:
+    m, model, s = result["machine"], result["model"], result["settings"]
+    load = m["load_average_1_5_15"]
+    end = m.get("load_average_at_end")
+    gpu = (f"GPU {m['gpu_name']} ({_size(m['gpu_memory_bytes'])}, sm {m['gpu_capability']}, CUDA "
+           f"{m['cuda_version']})" if m["gpu_name"] else "no GPU used")
+    lines = [
+        f"diffmf benchmark  {m['timestamp']}  (diffmf {m['diffmf_version']}"
+        + (f", commit {m['git_commit']}" if m["git_commit"] else "") + ")",
+        f"machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {s['threads']} torch threads, "
+        f"{_size(m['memory_bytes'])} RAM; {gpu}; torch {m['torch_version']}, numba {m['numba_version']}",
+    ]
+    if load:
+        lines.append(f"load:    {load[0]}/{load[1]}/{load[2]} (1/5/15 min) at start"
+                     + (f", {end[0]} at end" if end else "") + " (other work on these cores slows every row)")
+    lines.append(f"model:   {model['source']}")
+    lines.append(f"         {model['params']:,} parameters; {model['macs_per_megapixel'] / 1e9:.2f} GMAC per "
+                 f"megapixel (dense layers) + {model['scan_updates_per_megapixel'] / 1e9:.2f} G scan state "
+                 "updates per megapixel")
+    iters = f"{s['iters']} timed passes" if s["iters"] else f"at least 3 timed passes and {s['min_time_s']:g} s"
+    if result["pipeline"] is not None:
+        lines.append("method:  one untimed warm-up pair, then the pairs end to end and stage by stage; outputs go "
+                     "to a temporary folder, deleted afterwards")
+        return lines
+    if result["compare"] is not None:
+        lines.append(f"method:  {s['warmup']} warm-up passes, then {iters} per path and size, under "
+                     "torch.inference_mode, device synchronised before each clock read; scan time from one "
+                     "further pass with every scan call timed")
+        return lines
+    lines.append(f"method:  {s['warmup']} warm-up passes, then {iters} per row, under torch.inference_mode, "
+                 "device synchronised before each clock read; synthetic pairs made before timing; "
+                 "latency = pass time / batch (median p50, p95, IQR)")
+    rows = result["rows"]
+    kinds = {r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")}
+    if "cuda max allocated" in kinds:
+        lines.append("memory:  CUDA max allocated during each row (peak stats reset before it)")
+    elif kinds:
+        before = [r["memory_before_bytes"] for r in rows if r.get("memory_before_bytes")]
+        how = ("VmHWM, reset before each row" if "process peak RSS" in kinds
+               else "lifetime peak: the reset is not available here")
+        lines.append(f"memory:  process peak RSS during each row ({how}); whole process, which held "
+                     f"{_size(min(before)) if before else '-'} before the first row")
+    if s["scan_env"]:
+        lines.append(f"note:    $DIFFMF_SCAN={s['scan_env']} forces the scan path")
+    return lines
+
+
+def _render_table(result: dict, to_terminal: bool) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=None if to_terminal else 200, highlight=False, soft_wrap=False,
+                      force_terminal=to_terminal, color_system="auto" if to_terminal else None)
+    for line in _header(result):
+        console.print(line, markup=False, soft_wrap=True)
+    if result["compare"] is not None:
+        _render_compare(console, result["compare"])
+    elif result["pipeline"] is not None:
+        _render_pipeline(console, result["pipeline"])
+    else:
+        _render_rows(console, result["rows"])
+        if result["sweep"] is not None:
+            sw = result["sweep"]
+            k_all, k_large = sw["exponent"], sw["exponent_without_smallest"]
+            if k_all is not None:
+                console.print(f"scaling: time ∝ pixels^{k_all:.3f} over all sizes"
+                              + (f", ^{k_large:.3f} without the smallest" if k_large is not None else "")
+                              + " (1.0 = linear)", markup=False, soft_wrap=True)
+            console.print(f"plot:    {sw['plot']}", markup=False, soft_wrap=True)
+    return buffer.getvalue()
+
+
+def _render_rows(console: Console, rows: list[dict]) -> None:
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    tiled = any(r["tile"] for r in rows)
+    columns = ["size", "batch", "device", "precision", "scan", "pairs/s", "MP/s", "ms/pair p50", "p95",
+               "IQR", "peak memory", "params", "GMAC/MP"]
+    if tiled:
+        columns.insert(5, "tiles")
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("size", "device", "precision", "scan") else "right")
+    notes = []
+    for r in rows:
+        if r["error"]:
+            notes.append(f"{r['size']} batch {r['batch']} {r['precision']}: {r['error']}")
+        cells = [r["size"], str(r["batch"]), r["device"], r["precision"], r["scan_path"] or "-",
+                 _num(r["pairs_per_s"]), _num(r["megapixels_per_s"]), _num(r["ms_per_pair_p50"], 1),
+                 _num(r["ms_per_pair_p95"], 1), _num(r["ms_per_pair_iqr"], 1), _size(r["peak_memory_bytes"]),
+                 f"{r['params']:,}", _num(r["macs_per_megapixel"] / 1e9)]
+        if tiled:
+            cells.insert(5, str(r["tiles_per_pair"]))
+        table.add_row(*cells)
+    console.print(table)
+    for note in notes:
+        console.print(f"failed:  {note}", markup=False, soft_wrap=True)
+
+
+def _render_compare(console: Console, compare: dict) -> None:
+    console.print(f"scan paths on {compare['device']} ({compare['precision']}): {', '.join(compare['paths'])}; "
+                  f"automatic: {compare['automatic_path']}", markup=False, soft_wrap=True)
+    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for name in ("size", "path", "ms/pair p50", "IQR", "speed vs auto", "scan ms/pair", "scan speed vs auto",
+                 "max |Δ| output", "Δ against"):
+        table.add_column(name, justify="left" if name in ("size", "path", "Δ against") else "right")
+    for r in compare["rows"]:
+        table.add_row(r["size"], r["path"] + (" (auto)" if r["automatic"] else ""), _num(r["ms_per_pair_p50"], 1),
+                      _num(r["ms_per_pair_iqr"], 1), _ratio(r["speed_vs_automatic"]), _num(r["scan_ms_per_pair"], 1),
+                      _ratio(r["scan_speed_vs_automatic"]), f"{r['max_abs_diff']:.2e}", r["diff_against"])
+    console.print(table)
+    for note in compare["notes"]:
+        console.print(f"note:    {note}", markup=False, soft_wrap=True)
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}×"
+
+
+def _render_pipeline(console: Console, p: dict) -> None:
+    lines = [
+        f"pipeline: {p['ir_dir']} + {p['vis_dir']}: {p['pairs']} pairs, {p['fused']} fused, {p['failed']} failed "
+        f"on {p['device']} ({p['precision']}, batch {p['batch_size']}, tile {p['tile'] or 'auto'})",
+        f"end to end (diffmf fuse's engine, threads overlapping read/model/write): {p['end_to_end_s']:.2f} s, "
+        f"{_num(p['end_to_end_pairs_per_s'])} pairs/s, {_num(p['end_to_end_megapixels_per_s'])} MP/s",
+        f"stage by stage ({p['split_pairs']} pairs, {p['split_megapixels']:.2f} MP, one after another):",
+    ]
+    for stage in ("read", "model", "write"):
+        share = p[f"{stage}_share"]
+        per = p[f"{stage}_s"] / p["split_pairs"] * 1e3 if p["split_pairs"] else None
+        lines.append(f"  {stage:<6} {p[f'{stage}_s']:8.2f} s  {_num(per, 1):>9} ms/pair  "
+                     f"{'-' if share is None else f'{100 * share:.1f} %'}")
+    if p["overlap_gain"] is not None:
+        lines.append(f"overlap: the stages' sum is {p['overlap_gain']:.2f}× the end-to-end wall time")
+    for error in p["errors"]:
+        lines.append(f"failed:  {error}")
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write the result atomically (a temporary file in the same folder, renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
