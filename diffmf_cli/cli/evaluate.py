@@ -1,9 +1,316 @@
-"""`diffmf evaluate` (being written)."""
+"""`diffmf evaluate`: fusion metrics for one or several methods' fused images against their sources.
+
+Parse the command line, pair the folders (`diffmf_cli.metrics.evaluation`), score (optionally in several
+processes), and render: a table (or CSV / JSON) on stdout or in --output, problems one line each on stderr,
+and with --report an HTML page with images and charts. Exit codes: 0 every image scored, 1 some file was
+unusable (the others are still scored), 2 the command could not run at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
 
 from diffmf_cli.cli.app import app
+from diffmf_cli.errors import DiffMFError, InputError, UsageError
+
+FORMATS = ("table", "csv", "json")
+MAX_WARNINGS = 8
 
 
 @app.command("evaluate")
-def evaluate_command() -> None:
-    """Not yet available."""
-    raise SystemExit("diffmf evaluate: not yet available")
+def evaluate_command(
+    folders: list[Path] = typer.Argument(
+        ..., metavar="[FUSED_DIR] IR_DIR VIS_DIR", show_default=False,
+        help="The fused images' folder (optional with --fused), then the infrared (or MRI) and visible (or "
+        "CT/PET/SPECT) source folders. Files pair by stem, as for `diffmf fuse`.",
+    ),
+    fused: list[str] = typer.Option(
+        [], "--fused", metavar="NAME=DIR", show_default=False,
+        help="A method's fused-image folder under a name; repeat to compare methods side by side.",
+    ),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", "-m", help="Comma-separated subset, e.g. EN,SD,VIF,Qabf,SSIM [default: all 14]."
+    ),
+    convention: str = typer.Option(
+        "reference", "--convention", "-c",
+        help="reference (the CDDFuse/EMMA evaluator, default) or standard, optionally followed by variants "
+        "joined with '+': ssim-range255, ssim-mean, mi-bits, psnr-peak255, ag-matlab, msssim-standard.",
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to this file "
+                                          "instead of stdout."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (images, values, "
+                                          "charts) and a PNG contact sheet into this folder."),
+    per_image: bool = typer.Option(False, "--per-image", help="Table format: also list every image's values."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Processes to score images in parallel."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders (stems are relative "
+                                   "paths)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings; errors are "
+                               "still listed."),
+) -> None:
+    """Score fused images: EN SD SF AG MI SCD VIF Qabf SSIM CC MSE PSNR Nabf MS-SSIM, per image and summarised."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out = Console(highlight=False, soft_wrap=True)
+    try:
+        code = _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs,
+                    recursive, quiet)
+    except DiffMFError as exc:
+        err.print(f"diffmf evaluate: error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs, recursive,
+         quiet) -> int:
+    from diffmf_cli.metrics import parse_convention, parse_metric_names
+    from diffmf_cli.metrics.evaluation import parse_method, plan_evaluation, score_tasks
+
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: expected 1 or more")
+    names = parse_metric_names(metrics)
+    conv = parse_convention(convention)
+    methods = [parse_method(text) for text in fused]
+    if len(folders) == 3:
+        methods.insert(0, (_folder_name(folders[0]), folders[0]))
+    elif len(folders) != 2:
+        raise UsageError(f"expected [FUSED_DIR] IR_DIR VIS_DIR, got {len(folders)} folder(s)")
+    if not methods:
+        raise UsageError("no fused images: give FUSED_DIR IR_DIR VIS_DIR, or IR_DIR VIS_DIR with --fused NAME=DIR")
+    for _, folder in methods:
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: fused-image folder does not exist" if not folder.exists()
+                             else f"{folder}: is not a folder")
+    ir_dir, vis_dir = folders[-2], folders[-1]
+    plan = plan_evaluation(methods, ir_dir, vis_dir, recursive)
+    for line in plan.errors:
+        err.print(f"diffmf evaluate: error: {line}", markup=False)
+    if not plan.tasks and not plan.errors:
+        raise UsageError(f"nothing to evaluate: no fused image has a source pair in {ir_dir} and {vis_dir}")
+
+    progress = _progress(err, len(plan.tasks)) if (not quiet and err.is_terminal and plan.tasks) else None
+    failures: list[str] = []
+
+    def done(result) -> None:
+        for line in result.errors:
+            failures.append(line)
+            if progress:
+                progress.console.print(f"diffmf evaluate: error: {line}", markup=False)
+            else:
+                err.print(f"diffmf evaluate: error: {line}", markup=False)
+        if progress:
+            progress.advance(bar)
+
+    if progress:
+        bar = progress.add_task("scoring", total=len(plan.tasks))
+        progress.start()
+    try:
+        results = score_tasks(plan.tasks, names, conv, jobs=jobs, on_done=done)
+    finally:
+        if progress:
+            progress.stop()
+
+    warnings = [w for r in results for w in r.warnings]
+    if warnings and not quiet:
+        for line in warnings[:MAX_WARNINGS]:
+            err.print(f"diffmf evaluate: warning: {line} -> NaN", markup=False)
+        if len(warnings) > MAX_WARNINGS:
+            err.print(f"diffmf evaluate: warning: ... and {len(warnings) - MAX_WARNINGS} more", markup=False)
+    notes = []
+    if any(r.sixteen_bit for r in results):
+        notes.append("16-bit inputs were scaled to 0..255 (and rounded) before scoring")
+    doc = build_document(plan.methods, results, names, conv, notes)
+    text = render(doc, names, fmt, per_image)
+    if output is not None:
+        _write_text(output, text)
+    else:
+        if fmt == "table":
+            _print_table(out, doc, names, per_image)
+        else:
+            out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    if report is not None:
+        from diffmf_cli.report import write_report
+
+        written = write_report(report, plan, results, doc, names)
+        if not quiet:
+            err.print(f"report: {written}", markup=False)
+    return 1 if (plan.errors or failures) else 0
+
+
+def _folder_name(path: Path) -> str:
+    return path.resolve().name or str(path)
+
+
+def _progress(console: Console, total: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
+
+
+# --- the result document -------------------------------------------------------------------------------
+
+
+def build_document(methods, results, names, conv, notes) -> dict:
+    """The JSON-shaped result: ``{"convention", "method", "per_image", "summary"}`` for one method; for several,
+    ``{"convention", "methods": {name: {"convention", "per_image", "summary"}}}``. Both carry
+    ``metrics`` (name -> higher_is_better), ``conventions`` (settings in words), ``notes`` and ``errors``."""
+    from diffmf_cli.metrics import METRICS
+    from diffmf_cli.metrics.evaluation import summarize_method
+
+    blocks = {}
+    for method in methods:
+        per_image = {r.name: r.values[method] for r in results if method in r.values}
+        summary = {m: s.to_dict() for m, s in summarize_method(results, method, names).items()}
+        blocks[method] = {"convention": conv.name, "per_image": per_image, "summary": summary}
+    doc: dict = {"convention": conv.name}
+    if len(methods) == 1:
+        doc["method"] = methods[0]
+        doc.update(blocks[methods[0]])
+    else:
+        doc["methods"] = blocks
+    doc["metrics"] = {m: {"higher_is_better": METRICS[m].higher_is_better} for m in names}
+    doc["conventions"] = conv.describe()
+    doc["notes"] = notes
+    doc["errors"] = [e for r in results for e in r.errors]
+    return doc
+
+
+def method_blocks(doc: dict) -> dict[str, dict]:
+    return doc["methods"] if "methods" in doc else {doc["method"]: doc}
+
+
+def best_methods(doc: dict, names) -> dict[str, set[str]]:
+    """Per metric, the method(s) with the best mean (direction from the registry); empty for one method."""
+    from diffmf_cli.metrics import METRICS
+
+    blocks = doc.get("methods")
+    best: dict[str, set[str]] = {m: set() for m in names}
+    if not blocks or len(blocks) < 2:
+        return best
+    for metric in names:
+        means = {k: b["summary"][metric]["mean"] for k, b in blocks.items()}
+        finite = {k: v for k, v in means.items() if not math.isnan(v)}
+        if not finite:
+            continue
+        target = max(finite.values()) if METRICS[metric].higher_is_better else min(finite.values())
+        best[metric] = {k for k, v in finite.items() if v == target}
+    return best
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4f}"
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def render(doc: dict, names, fmt: str, per_image: bool = False) -> str:
+    """The document as text: JSON (NaN and infinities as null), CSV, or a plain-text table."""
+    if fmt == "json":
+        return json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return _csv(doc, names)
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, highlight=False, color_system=None, soft_wrap=True)
+    _print_table(console, doc, names, per_image)
+    return buf.getvalue()
+
+
+def _csv(doc: dict, names) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["kind", "method", "image", *names, "convention"])
+    for method, block in method_blocks(doc).items():
+        for image, values in block["per_image"].items():
+            writer.writerow(["image", method, image, *(_fmt_csv(values[m]) for m in names), doc["convention"]])
+        for stat in ("mean", "std", "n", "excluded"):
+            row = [block["summary"][m][stat] for m in names]
+            writer.writerow([stat, method, "", *(_fmt_csv(v) for v in row), doc["convention"]])
+    return buf.getvalue()
+
+
+def _fmt_csv(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    return repr(float(value)) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
+    from diffmf_cli.metrics import METRICS
+
+    blocks = method_blocks(doc)
+    best = best_methods(doc, names)
+    counts = {k: len(b["per_image"]) for k, b in blocks.items()}
+    n_images = max(counts.values(), default=0)
+    table = Table(title=f"fusion metrics, convention: {doc['convention']} ({n_images} image"
+                  f"{'s' if n_images != 1 else ''})", title_justify="left")
+    table.add_column("metric")
+    for method in blocks:
+        table.add_column(f"{method} (mean ± std)" if len(blocks) == 1 else method, justify="right")
+    table.add_row("images", *(str(counts[m]) for m in blocks), end_section=True)
+    excluded_any = False
+    for metric in names:
+        cells = []
+        for method, block in blocks.items():
+            s = block["summary"][metric]
+            text = f"{_fmt(s['mean'])} ± {_fmt(s['std'])}"
+            if s["excluded"]:
+                text += f" ({s['excluded']} nan)"
+                excluded_any = True
+            cells.append(f"[bold green]{text}[/]" if method in best[metric] else _escape(text))
+        table.add_row(f"{metric} {METRICS[metric].arrow}", *cells)
+    console.print(table)
+    if len(blocks) > 1:
+        console.print("bold green: best mean per metric (↑ higher is better, ↓ lower)", markup=False)
+    if excluded_any:
+        console.print("(k nan): images where the metric is undefined, left out of mean and std", markup=False)
+    for note in doc.get("notes", []):
+        console.print(f"note: {note}", markup=False)
+    if per_image:
+        for method, block in blocks.items():
+            t = Table(title=f"per image ({method})", title_justify="left")
+            t.add_column("image")
+            for metric in names:
+                t.add_column(f"{metric} {METRICS[metric].arrow}", justify="right")
+            for image, values in block["per_image"].items():
+                t.add_row(_escape(image), *(_fmt(values[m]) for m in names))
+            console.print(t)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

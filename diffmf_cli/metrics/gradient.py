@@ -34,19 +34,25 @@ def _qabf_strength_angle(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The angle is atan(y / x), pi/2 where x == 0.
     gx, gy = _sobel(img, cv2.BORDER_CONSTANT)
     strength = np.sqrt(gx * gx + gy * gy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        angle = np.where(gx == 0, 0.5 * math.pi, np.arctan(gy / -gx))
+    vertical = gx == 0
+    angle = np.arctan(gy / (vertical - gx))  # x == 0 divides by 1 here, and is replaced just below
+    np.copyto(angle, 0.5 * math.pi, where=vertical)
     return strength, angle
 
 
 def _qabf_edge_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
     # Relative strength min/max with the reference's quirk: where g_src == g_F the ratio is g_F, not 1.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(g_src > g_f, g_f / g_src, np.where(g_src < g_f, g_src / g_f, g_f))
-    orient = 1.0 - np.abs(a_src - a_f) / (0.5 * math.pi)
+    equal = g_src == g_f
+    ratio = np.minimum(g_src, g_f)
+    ratio /= np.maximum(g_src, g_f) + equal  # equal strengths (0 included) divide by g + 1, replaced below
+    np.copyto(ratio, g_f, where=equal)
+    orient = np.abs(a_src - a_f)
+    orient *= -1.0 / (0.5 * math.pi)
+    orient += 1.0
     q_g = Q_TG / (1.0 + np.exp(Q_KG * (ratio - Q_DG)))
     q_a = Q_TA / (1.0 + np.exp(Q_KA * (orient - Q_DA)))
-    return q_g * q_a
+    q_g *= q_a
+    return q_g
 
 
 def qabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
@@ -64,23 +70,41 @@ def qabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
 
 def _nabf_strength_angle(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Sobel / 8 on the mirrored image (MATLAB per_extn_im_fn == OpenCV's BORDER_REFLECT_101);
-    # angle atan(gv / gh), 0 where both responses are zero.
+    # angle atan(gv / gh), 0 where both responses are zero (+-pi/2 where only gh is: the same direction
+    # for the orientation term below, which is symmetric in that sign).
     gv, gh = _sobel(img, cv2.BORDER_REFLECT_101)
     gv *= 0.125
     gh *= 0.125
     strength = np.sqrt(gv * gv + gh * gh)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        angle = np.where((gv == 0) & (gh == 0), 0.0, np.arctan(gv / gh))
+    with np.errstate(divide="ignore"):
+        angle = np.arctan(gv / (gh + (strength == 0)))
     return strength, angle
 
 
-def _nabf_preservation(g_src, a_src, g_f, a_f) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where((g_src == 0) | (g_f == 0), 0.0, np.minimum(g_src, g_f) / np.maximum(g_src, g_f))
-    orient = np.abs(np.abs(a_src - a_f) - 0.5 * math.pi) * (2.0 / math.pi)
+def _nabf_loss(g_src, a_src, g_f, a_f, weight) -> np.ndarray:
+    """(1 - Q_src,F) * w_src per pixel."""
+    ratio = np.minimum(g_src, g_f)
+    ratio /= np.maximum(np.maximum(g_src, g_f), 1e-300)  # 0 where either strength is 0
+    orient = np.abs(a_src - a_f)
+    orient -= 0.5 * math.pi
+    np.abs(orient, out=orient)
+    orient *= 2.0 / math.pi
     q_g = N_NRG / (1.0 + np.exp(-N_KG * (ratio - N_SG)))
     q_a = N_NRA / (1.0 + np.exp(-N_KA * (orient - N_SA)))
-    return np.sqrt(q_g * q_a)
+    q_g *= q_a
+    np.sqrt(q_g, out=q_g)
+    q_g -= 1.0
+    q_g *= -weight
+    return q_g
+
+
+def _nabf_weight(g: np.ndarray) -> np.ndarray:
+    strong = g >= N_TD
+    w = g * np.sqrt(g)  # g ** 1.5
+    w -= N_WT_MIN
+    w *= strong
+    w += N_WT_MIN
+    return w
 
 
 def nabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
@@ -91,10 +115,10 @@ def nabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
     g_a, a_a = _nabf_strength_angle(A)
     g_b, a_b = _nabf_strength_angle(B)
     g_f, a_f = _nabf_strength_angle(F)
-    w_a = np.where(g_a >= N_TD, g_a**N_LG, N_WT_MIN)
-    w_b = np.where(g_b >= N_TD, g_b**N_LG, N_WT_MIN)
+    w_a = _nabf_weight(g_a)
+    w_b = _nabf_weight(g_b)
     artifact = (g_f > g_a) & (g_f > g_b)
-    q_af = _nabf_preservation(g_a[artifact], a_a[artifact], g_f[artifact], a_f[artifact])
-    q_bf = _nabf_preservation(g_b[artifact], a_b[artifact], g_f[artifact], a_f[artifact])
-    num = float(((1.0 - q_af) * w_a[artifact] + (1.0 - q_bf) * w_b[artifact]).sum())
-    return num / float((w_a + w_b).sum())
+    loss = _nabf_loss(g_a, a_a, g_f, a_f, w_a)
+    loss += _nabf_loss(g_b, a_b, g_f, a_f, w_b)
+    loss *= artifact
+    return float(loss.sum()) / float(w_a.sum() + w_b.sum())

@@ -85,56 +85,57 @@ def mef_ssim(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
 
 
 def _mef_ssim_level(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
+    """Mean quality map of one scale (sources A, B; fused F; all centred), valid 11x11 windows.
+
+    Per window the MATLAB code builds a pseudo-reference patch r = s * sum_k c_k (I_k - mu_k) with
+    c_k = w_k / ed_k (structure-weighted, rescaled by s to the largest source strength) and scores
+    q = (2 cov(r, F) + C) / (var(r) + var(F) + C) with Gaussian weights. Since r is linear in the sources,
+    ||r||^2, var(r) and cov(r, F) are quadratic/linear forms in the sources' local (co)variances.
+    """
     k = MEF_WIN
     n = float(k * k)
-    # Box (uniform) statistics of each source over every 11x11 window.
+    # Box (uniform) statistics of each source over every 11x11 window; windows flat to rounding are flat.
     mu_a, var_a = _box_stats(A, k)
     mu_b, var_b = _box_stats(B, k)
-    cov_ab = box_valid(A * B, k) - mu_a * mu_b
-    flat_a = var_a < _FLAT
-    flat_b = var_b < _FLAT
-    var_a[flat_a] = 0.0
-    var_b[flat_b] = 0.0
-    cov_ab[flat_a | flat_b] = 0.0
-    np.maximum(var_a, 0.0, out=var_a)
-    np.maximum(var_b, 0.0, out=var_b)
-    # Signal strengths ||x - mu|| (+ 0.001) and the structure consistency R of the MATLAB code.
+    live_a = var_a >= _FLAT
+    live_b = var_b >= _FLAT
+    var_a *= live_a
+    var_b *= live_b
+    cov_ab = box_valid(A * B, k)
+    cov_ab -= mu_a * mu_b
+    cov_ab *= live_a & live_b
+    # Signal strengths ||x - mu|| (+ 0.001) and the structure consistency R -> exponent p of the weights.
     norm_a = np.sqrt(n * var_a)
     norm_b = np.sqrt(n * var_b)
-    ed_a = norm_a + 0.001
-    ed_b = norm_b + 0.001
     norm_sum = np.sqrt(np.maximum(n * (var_a + var_b + 2.0 * cov_ab), 0.0))
     R = (norm_sum + _EPS) / (norm_a + norm_b + _EPS)
-    R[R > 1] = 1 - _EPS
-    R[R < 0] = _EPS
-    p = np.tan(0.5 * math.pi * R)
-    p[p > 10] = 10.0
-    w_a = (ed_a / k) ** p + _EPS
-    w_b = (ed_b / k) ** p + _EPS
+    # MATLAB: R > 1 -> 1 - eps, then p = tan(pi/2 R) capped at 10 (R = 1 also gives the cap)
+    p = np.minimum(np.tan((0.5 * math.pi) * np.minimum(R, 1.0)), 10.0)
+    ed_a = norm_a + 0.001
+    ed_b = norm_b + 0.001
+    w_a = np.exp(p * np.log(ed_a / k)) + _EPS
+    w_b = np.exp(p * np.log(ed_b / k)) + _EPS
     total = w_a + w_b
-    # Pseudo-reference patch r = s * sum_k c_k (I_k - mu_k), c_k = w_k / ed_k, rescaled to norm max(ed).
     c_a = w_a / (total * ed_a)
     c_b = w_b / (total * ed_b)
-    norm_r_sq = n * (c_a * c_a * var_a + c_b * c_b * var_b + 2.0 * c_a * c_b * cov_ab)
-    positive = norm_r_sq > 0
-    scale = np.ones_like(norm_r_sq)
-    scale[positive] = np.maximum(ed_a, ed_b)[positive] / np.sqrt(norm_r_sq[positive])
+    qa = c_a * c_a
+    qb = c_b * c_b
+    qab = 2.0 * c_a * c_b
+    # s^2 = max(ed)^2 / ||sum_k c_k (I_k - mu_k)||^2 (1 when that norm is 0: then every term below is 0)
+    norm_r_sq = n * (qa * var_a + qb * var_b + qab * cov_ab)
+    max_ed = np.maximum(ed_a, ed_b)
+    s2 = max_ed * max_ed / np.maximum(norm_r_sq, 1e-300)
     # Gaussian-weighted (co)variances of the sources and F over the same windows.
     g = gaussian_1d(k, MEF_SIGMA)
     ga, gb, gf = sep_valid(A, g), sep_valid(B, g), sep_valid(F, g)
-    gvar_a = sep_valid(A * A, g) - ga * ga
-    gvar_b = sep_valid(B * B, g) - gb * gb
-    gcov_ab = sep_valid(A * B, g) - ga * gb
-    gcov_af = sep_valid(A * F, g) - ga * gf
-    gcov_bf = sep_valid(B * F, g) - gb * gf
+    gvar_a = (sep_valid(A * A, g) - ga * ga) * live_a
+    gvar_b = (sep_valid(B * B, g) - gb * gb) * live_b
+    gcov_ab = (sep_valid(A * B, g) - ga * gb) * (live_a & live_b)
+    gcov_af = (sep_valid(A * F, g) - ga * gf) * live_a
+    gcov_bf = (sep_valid(B * F, g) - gb * gf) * live_b
     gvar_f = np.maximum(sep_valid(F * F, g) - gf * gf, 0.0)
-    for arr in (gvar_a, gcov_ab, gcov_af):
-        arr[flat_a] = 0.0
-    for arr in (gvar_b, gcov_ab, gcov_bf):
-        arr[flat_b] = 0.0
-    sigma1_sq = scale * scale * (c_a * c_a * gvar_a + c_b * c_b * gvar_b + 2.0 * c_a * c_b * gcov_ab)
-    np.maximum(sigma1_sq, 0.0, out=sigma1_sq)
-    sigma12 = scale * (c_a * gcov_af + c_b * gcov_bf)
+    sigma1_sq = np.maximum(s2 * (qa * gvar_a + qb * gvar_b + qab * gcov_ab), 0.0)
+    sigma12 = np.sqrt(s2) * (c_a * gcov_af + c_b * gcov_bf)
     C = (MEF_K * 255.0) ** 2
     qmap = (2.0 * sigma12 + C) / (sigma1_sq + gvar_f + C)
     return float(qmap.mean())

@@ -51,20 +51,24 @@ def vif_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
 
 
 def _vif_terms(sigma1_sq: np.ndarray, sigma2_sq: np.ndarray, sigma12: np.ndarray) -> tuple[float, float]:
-    """One scale's numerator and denominator sums, with the reference's clamping rules in its order."""
+    """One scale's numerator and denominator sums, with the reference's clamping rules.
+
+    The reference assigns through masks in this order: g = sigma12 / (sigma1^2 + eps), sv^2 = sigma2^2 - g
+    sigma12; where sigma1^2 < eps: g = 0, sv^2 = sigma2^2, sigma1^2 = 0; where sigma2^2 < eps: g = 0,
+    sv^2 = 0; where g < 0: sv^2 = sigma2^2, g = 0; finally sv^2 >= eps. Wherever g ends at 0 the numerator
+    term is log10(1) = 0 whatever sv^2 is, so only g > 0 needs sv^2 = max(sigma2^2 - g sigma12, eps).
+    """
+    keep = (sigma1_sq >= EPS) & (sigma2_sq >= EPS)
     g = sigma12 / (sigma1_sq + EPS)
+    np.maximum(g, 0.0, out=g)
+    g *= keep
     sv_sq = sigma2_sq - g * sigma12
-    flat_ref = sigma1_sq < EPS
-    g[flat_ref] = 0.0
-    sv_sq[flat_ref] = sigma2_sq[flat_ref]
-    sigma1_sq = np.where(flat_ref, 0.0, sigma1_sq)
-    flat_dist = sigma2_sq < EPS
-    g[flat_dist] = 0.0
-    sv_sq[flat_dist] = 0.0
-    negative = g < 0
-    sv_sq[negative] = sigma2_sq[negative]
-    g[negative] = 0.0
     np.maximum(sv_sq, EPS, out=sv_sq)
-    num = float(np.log10(1.0 + g * g * sigma1_sq / (sv_sq + SIGMA_NSQ)).sum())
-    den = float(np.log10(1.0 + sigma1_sq / SIGMA_NSQ).sum())
+    sv_sq += SIGMA_NSQ
+    s1 = sigma1_sq * (sigma1_sq >= EPS)
+    g *= g
+    g *= s1
+    g /= sv_sq
+    num = float(np.log10(1.0 + g).sum())
+    den = float(np.log10(1.0 + s1 * (1.0 / SIGMA_NSQ)).sum())
     return num, den
