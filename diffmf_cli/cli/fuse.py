@@ -39,8 +39,9 @@ def fuse_command(
                                         show_default=False),
     vis: Optional[Path] = typer.Argument(None, help="Folder of visible (or CT/PET/SPECT) images, or one file.",
                                          show_default=False),
-    output: Path = typer.Option(..., "--output", "-o",
-                                help="Output folder (or, for one pair of files, an output file name)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
+                                          help="Output folder (or, for one pair of files, an output file "
+                                          "name). Needed unless every --pairs row names its output."),
     pairs_csv: Optional[Path] = typer.Option(None, "--pairs", help="CSV of pairs: rows ir,vis[,out]; "
                                              "relative paths are relative to the CSV file."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders; mirror them in OUTPUT."),
@@ -102,7 +103,7 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         for path in (ir, vis):
             if not path.is_file():
                 raise UsageError(f"{path}: not an image file (IR and VIS must both be files or both folders)")
-        if is_image_file(output):
+        if output is not None and is_image_file(output):
             pairs, out_dir = [Pair(ir.stem, ir, vis, output)], None
         else:
             pairs = [Pair(ir.stem, ir, vis)]
@@ -116,6 +117,8 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise InputError(f"--strict: {len(problems)} file(s) cannot be paired: {'; '.join(problems[:3])}{more}")
         pairs = pairing.pairs
+    if out_dir is None and any(p.out is None for p in pairs):
+        raise UsageError("give an output folder with -o OUT_DIR")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: output exists and is not a folder")
     if shard_k_n is not None:

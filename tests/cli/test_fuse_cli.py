@@ -162,6 +162,12 @@ def test_pair_list_csv(tmp_path, tiny_weights):
     assert (tmp_path / "out" / "t1.png").is_file() and (tmp_path / "custom" / "b.tif").is_file()
     res = fuse(tmp_path, tmp_path, "--pairs", tmp_path / "list.csv", "-o", tmp_path / "o2", weights=tiny_weights)
     assert res.exit_code == 2 and "not both" in res.stderr
+    res = fuse("--pairs", tmp_path / "list.csv", weights=tiny_weights)  # row 1 has no output of its own
+    assert res.exit_code == 2 and "-o OUT_DIR" in res.stderr
+    (tmp_path / "all_named.csv").write_text("thermal/t2.png,rgb/frame_b.png,named/b.png\n")
+    res = fuse("--pairs", tmp_path / "all_named.csv", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "named" / "b.png").is_file()
 
 
 def test_strict_refuses_unpaired_files(tmp_path, tiny_weights):
