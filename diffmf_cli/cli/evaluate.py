@@ -222,7 +222,7 @@ def _fmt(value: float) -> str:
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.4f}"
+    return f"{value:.3e}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
 
 
 def _json_safe(obj):

@@ -214,3 +214,21 @@ def test_subprocess_run(dataset):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == "kind,method,image,EN,SD,convention"
+
+
+def test_report_is_self_contained_with_sheet_and_charts(dataset, tmp_path):
+    rep = tmp_path / "report"
+    res = _invoke(dataset / "ir", dataset / "vis", "--fused", f"avg={dataset / 'fused_a'}",
+                  "--fused", f"max={dataset / 'fused_b'}", "-m", "EN,SSIM,Nabf", "--report", rep)
+    assert res.exit_code == 0, res.output
+    page = (rep / "index.html").read_text()
+    assert "convention" in page.lower() and "reference" in page
+    assert "avg" in page and "max" in page and "Nabf" in page
+    import re
+
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) == 3 + 3 * 4  # 3 charts; per image: ir, vis, 2 fused
+    assert all(s.startswith("data:image/") for s in sources)
+    assert (rep / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (rep / "charts").iterdir()) == ["EN.png", "Nabf.png", "SSIM.png"]
+    assert "class='best'" in page
