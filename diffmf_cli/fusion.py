@@ -55,7 +55,7 @@ CPU_WORKING_MEMORY_CAP = 1 << 30
 #: Share of the device's free memory that automatic tiling may plan for.
 FREE_MEMORY_SHARE = 0.5
 #: Loaded-but-not-yet-fused pixels the readers may run ahead by (bounds host memory for huge images).
-PREFETCH_PIXELS = 48_000_000
+PREFETCH_PIXELS = 24_000_000
 
 
 # --------------------------------------------------------------------------------------------- devices
@@ -407,9 +407,12 @@ class FusionEngine:
         exhausted = False
         window = opts.batch_size * 2 + opts.readers
 
+        largest = 0  # pixels of the largest image read so far: huge images are read ahead fewer at a time
+
         def submit_reads() -> None:
             nonlocal exhausted
-            while not exhausted and len(reads) < window and waiting_pixels < PREFETCH_PIXELS:
+            ahead = opts.readers if largest == 0 else max(1, min(window, PREFETCH_PIXELS // largest))
+            while not exhausted and len(reads) < ahead and waiting_pixels < PREFETCH_PIXELS:
                 item = next(source, None)
                 if item is None:
                     exhausted = True
@@ -427,6 +430,7 @@ class FusionEngine:
                         group = groups.setdefault(loaded.shape, [])
                         group.append(loaded)
                         waiting_pixels += loaded.ir.size
+                        largest = max(largest, loaded.ir.size)
                         batch, _tile = self.plan(*loaded.shape)
                         if len(group) >= batch:
                             waiting_pixels -= self._compute(groups.pop(loaded.shape), writes, write_pool)

@@ -72,6 +72,9 @@ def fuse_command(
     except DiffMFError as exc:
         err.print(f"diffmf fuse: error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("diffmf fuse: interrupted; finished outputs are kept, run again to resume", markup=False)
+        raise typer.Exit(130) from None
     raise typer.Exit(code)
 
 
