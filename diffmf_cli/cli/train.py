@@ -1,9 +1,301 @@
-"""`diffmf train` (being written)."""
+"""`diffmf train`: train DIFF-MF on registered pairs, resume a run, or export a run's EMA weights.
+
+Settings come from, in rising priority: built-in defaults, a TOML file (``--config``), the command line.
+A run folder (``--out``) holds everything (see ``diffmf_cli.training.loop``); ``--resume`` continues it with
+the settings stored there. When a run finishes, its EMA weights are exported to ``RUN_DIR/model.safetensors``.
+Progress goes to stderr (a bar on a terminal, one line per checkpoint otherwise); the summary to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
 
 from diffmf_cli.cli.app import app
+from diffmf_cli.errors import DiffMFError, UsageError
+
+# Settings that a TOML file may hold at its top level (TrainSettings fields, in TOML's spelling).
+_SCALAR_KEYS = ("task", "preset", "steps", "batch_size", "crop", "lr", "schedule", "warmup_steps",
+                "min_lr_ratio", "weight_decay", "grad_clip", "ema_decay", "seed", "checkpoint_every",
+                "log_every", "val_every", "val_max_pairs", "val_crop")
+_SESSION_KEYS = ("max_minutes", "threads", "out")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: config file does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read config file ({exc})") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    allowed = set(_SCALAR_KEYS) | set(_SESSION_KEYS) | {"source", "val_source", "model", "loss"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise UsageError(f"{path}: unknown keys {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
+    base = path.parent
+
+    def rel(value):
+        p = Path(str(value)).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    for key in ("source", "val_source"):
+        items = data.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items):
+            raise UsageError(f"{path}: '{key}' must be an array of tables ([[{key}]])")
+        data[key] = [{k: (rel(v) if k in ("ir", "vis", "pairs") else v) for k, v in s.items()} for s in items]
+    for key in ("model", "loss"):
+        if not isinstance(data.get(key, {}), dict):
+            raise UsageError(f"{path}: '{key}' must be a table ([{key}])")
+    if "out" in data:
+        data["out"] = rel(data["out"])
+    return data
+
+
+def _parse_model_options(options: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--model-option {item}: expected KEY=VALUE (e.g. use_guidance=false)")
+        try:
+            out[key.strip()] = json.loads(value.strip().lower() if value.strip().lower() in ("true", "false")
+                                          else value.strip())
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _abs(path: Path | str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _folder_sources(irs: list[Path], viss: list[Path], what: str) -> list[dict]:
+    if len(irs) != len(viss):
+        raise UsageError(f"--{what}ir and --{what}vis must come in pairs (got {len(irs)} and {len(viss)})")
+    return [{"ir": _abs(i), "vis": _abs(v)} for i, v in zip(irs, viss)]
 
 
 @app.command("train")
-def train_command() -> None:
-    """Not yet available."""
-    raise SystemExit("diffmf train: not yet available")
+def train_command(
+    ir: List[Path] = typer.Option([], "--ir", help="Folder of training IR (or MRI) images; repeatable, paired "
+                                  "in order with --vis.", show_default=False),
+    vis: List[Path] = typer.Option([], "--vis", help="Folder of training visible (or CT/PET/SPECT) images.",
+                                   show_default=False),
+    pairs: List[Path] = typer.Option([], "--pairs", help="CSV pair list (rows ir,vis), one more source; "
+                                     "repeatable.", show_default=False),
+    source_weight: List[float] = typer.Option([], "--source-weight", help="Sampling weight of each source, in "
+                                              "order (--ir/--vis sources, then --pairs) [default: sqrt of "
+                                              "pixel count].", show_default=False),
+    task: Optional[str] = typer.Option(None, "--task", help="ir-vis (default) or medical: picks the loss "
+                                       "and the default crop."),
+    medical: bool = typer.Option(False, "--medical", help="Same as --task medical."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny, cpu (default), gpu."),
+    model_option: List[str] = typer.Option([], "--model-option", help="KEY=VALUE override of the preset's "
+                                           "config (e.g. use_guidance=false); repeatable.", show_default=False),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoint, logs, plot, weights)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps in all [default: 10000]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step [default: 8]."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: 128 ir-vis, 64 medical]."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) [default: 2e-4]."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or constant, after "
+                                           "warmup."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup [default: 100]."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay [default: 0.999]."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm, 0 = off "
+                                              "[default: 1.0]."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and data order [default: 0]."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between "
+                                                   "checkpoints [default: 200]."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per log line [default: 10]."),
+    val_ir: List[Path] = typer.Option([], "--val-ir", help="Validation IR folder (repeatable, with --val-vis).",
+                                      show_default=False),
+    val_vis: List[Path] = typer.Option([], "--val-vis", help="Validation visible folder.", show_default=False),
+    val_every: Optional[int] = typer.Option(None, "--val-every", help="Steps between validations "
+                                            "[default: 500]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
+                                          "(command-line options win)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (after a "
+                                                "checkpoint) after this many minutes; --resume continues."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Export RUN_DIR's EMA weights (to -o) "
+                                          "instead of training."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --export: the .safetensors file."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name stored in exported weights."),
+) -> None:
+    """Train DIFF-MF: --ir DIR --vis DIR [...] --out RUN_DIR; --resume; or --export RUN_DIR -o FILE."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    stdout = Console(highlight=False, soft_wrap=True)
+    try:
+        if export is not None:
+            code = _export(stdout, export, output, name)
+        else:
+            cli = {
+                "task": "medical" if medical else task, "preset": preset, "steps": steps,
+                "batch_size": batch_size, "crop": crop, "lr": lr, "schedule": schedule,
+                "warmup_steps": warmup_steps, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
+                "checkpoint_every": checkpoint_every, "log_every": log_every, "val_every": val_every,
+            }
+            if medical and task not in (None, "medical"):
+                raise UsageError(f"--medical contradicts --task {task}")
+            sources = _folder_sources(ir, vis, "") + [{"pairs": _abs(p)} for p in pairs]
+            if source_weight:
+                if len(source_weight) != len(sources):
+                    raise UsageError(f"--source-weight given {len(source_weight)} times for {len(sources)} sources")
+                for s, w in zip(sources, source_weight):
+                    s["weight"] = w
+            val_sources = _folder_sources(val_ir, val_vis, "val-")
+            code = _train(err, stdout, cli, sources, val_sources, _parse_model_options(model_option), config,
+                          out, resume, max_minutes, threads, name)
+    except DiffMFError as exc:
+        err.print(f"diffmf train: error: {exc}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+    raise typer.Exit(code)
+
+
+def _export(stdout: Console, run_dir: Path, output: Path | None, name: str | None) -> int:
+    from diffmf_cli.training.loop import export_run
+
+    if output is None:
+        raise UsageError("--export RUN_DIR needs -o FILE.safetensors")
+    path = export_run(run_dir, output, name=name)
+    stdout.print(f"exported EMA weights of {run_dir} to {path}", markup=False)
+    return 0
+
+
+def _settings_from(cli: dict, sources: list[dict], val_sources: list[dict], model_overrides: dict,
+                   config_path: Path | None):
+    from diffmf_cli.training.loop import TrainSettings
+
+    merged: dict[str, Any] = {}
+    file_session: dict[str, Any] = {}
+    if config_path is not None:
+        data = _read_toml(config_path)
+        merged.update({k: data[k] for k in _SCALAR_KEYS if k in data})
+        file_session = {k: data[k] for k in _SESSION_KEYS if k in data}
+        merged["sources"] = data.get("source", [])
+        merged["val_sources"] = data.get("val_source", [])
+        merged["model_overrides"] = dict(data.get("model", {}))
+        if data.get("loss"):
+            merged["loss"] = dict(data["loss"])
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    if sources:  # sources on the command line replace the file's
+        merged["sources"] = sources
+    if val_sources:
+        merged["val_sources"] = val_sources
+    if model_overrides:
+        merged["model_overrides"] = {**merged.get("model_overrides", {}), **model_overrides}
+    try:
+        settings = TrainSettings.from_dict(merged)
+    except TypeError as exc:
+        raise UsageError(f"bad training settings: {exc}") from None
+    return settings, file_session
+
+
+def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model_overrides, config_path,
+           out: Path | None, resume: bool, max_minutes, threads, name) -> int:
+    import torch
+
+    from diffmf_cli.training.loop import RunFiles, export_run, read_settings, train
+
+    if resume:
+        given = [k for k, v in cli.items() if v is not None] + (["--ir/--vis/--pairs"] if sources else [])
+        given += ["--val-ir/--val-vis"] if val_sources else []
+        given += ["--model-option"] if model_overrides else []
+        given += ["--config"] if config_path else []
+        if given:
+            raise UsageError("--resume takes every setting from the run folder; drop "
+                             + ", ".join("--" + g.replace("_", "-") if not g.startswith("--") else g for g in given))
+        if out is None:
+            raise UsageError("--resume needs --out RUN_DIR")
+        settings = read_settings(out)
+        session = {}
+    else:
+        settings, session = _settings_from(cli, sources, val_sources, model_overrides, config_path)
+    run_dir = out if out is not None else (Path(session["out"]) if "out" in session else None)
+    if run_dir is None:
+        raise UsageError("give --out RUN_DIR (the folder for checkpoints, logs and weights)")
+    max_minutes = max_minutes if max_minutes is not None else session.get("max_minutes")
+    threads = threads if threads is not None else session.get("threads")
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    if max_minutes is not None and max_minutes <= 0:
+        raise UsageError(f"--max-minutes must be positive, got {max_minutes}")
+
+    reporter = _Reporter(err)
+    try:
+        result = train(settings, run_dir, resume=resume, max_minutes=max_minutes, report=reporter)
+    finally:
+        reporter.close()
+    files = RunFiles(run_dir)
+    stdout.print(f"run {files.dir}: step {result.step}/{result.total_steps}, "
+                 f"{result.wall_time_s / 60:.1f} min of training in all"
+                 + (f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""), markup=False)
+    if result.finished:
+        export_run(run_dir, files.model, name=name)
+        stdout.print(f"EMA weights: {files.model}", markup=False)
+        return 0
+    stdout.print(f"stopped early ({result.stopped_by}); continue with: diffmf train --out {files.dir} --resume",
+                 markup=False)
+    return 0 if result.stopped_by == "time budget" else 130
+
+
+class _Reporter:
+    """Renders the loop's events: a rich progress bar on a terminal, else a line per checkpoint/validation."""
+
+    def __init__(self, err: Console):
+        self.err = err
+        self.progress = None
+        self.task = None
+        self.last: dict = {}
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            pairs = ", ".join(f"{n} pairs (weight {w:.2f})" for n, w in zip(info["pairs"], info["weights"]))
+            verb = "resuming at step" if info["resumed"] else "training from step"
+            self.err.print(f"{verb} {info['step']}/{info['total']}: {info['params']:,} parameters; "
+                           f"sources: {pairs}; {info['validation_pairs']} validation pairs", markup=False)
+            if info.get("metrics_note"):
+                self.err.print(f"validation: {info['metrics_note']}", markup=False)
+            if self.err.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+                                         console=self.err, transient=True)
+                self.task = self.progress.add_task("train", total=info["total"], completed=info["step"],
+                                                   stats="")
+                self.progress.start()
+        elif kind == "step":
+            self.last = info
+            if self.progress is not None:
+                self.progress.update(self.task, completed=info["step"],
+                                     stats=f"loss {info['loss']:.4f}  {info['steps_per_s']:.2f} steps/s")
+        elif kind == "val":
+            values = "  ".join(f"{k[4:]} {v:.4f}" for k, v in info.items() if k.startswith("val_"))
+            self._line(f"step {info['step']}: validation {values}")
+        elif kind == "checkpoint" and self.last:
+            self._line(f"step {info['step']}: loss {self.last['loss']:.4f}, lr {self.last['lr']:.2e}, "
+                       f"{self.last['steps_per_s']:.2f} steps/s, checkpoint saved")
+
+    def _line(self, text: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        (self.progress.console if self.progress is not None else self.err).print(f"[{stamp}] {text}", markup=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,286 @@
+"""Training data: registered pairs held in memory, and random crops that depend only on (seed, step).
+
+A *source* is one set of pairs: two folders paired by file stem (the rules of ``diffmf_cli.io.pairs``) or a
+CSV pair list. Every image is decoded once and kept as its raw array (uint8/uint16); a crop is converted to
+float only when drawn. The IR (or MRI) image becomes one channel (``to_gray``); the visible (or CT/PET/SPECT)
+image becomes its luminance Y as ``diffmf_cli.io.images.rgb_to_ycrcb`` computes it (OpenCV's YCrCb, as at
+inference), a gray file is its own Y.
+
+Batch ``step`` is drawn with a NumPy generator seeded by ``(seed, step)`` alone, so the data order needs no
+state of its own: a resumed run sees exactly the batches an uninterrupted run sees. Per sample: a source
+(by the source weights), an image of it (uniformly), a crop position (uniformly), and one of the 8
+flips/90° rotations, the same for both modalities.
+
+Default source weights (**ours**): proportional to the square root of each source's pixel count, so a source
+of 4 images is not drowned by one of 171 nor one of 32 big images, yet bigger sources still count more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from diffmf_cli.errors import InputError, UsageError
+from diffmf_cli.io.images import read_image, rgb_to_ycrcb, to_float, to_gray
+from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where one source's pairs come from: ``ir`` + ``vis`` folders, or a ``pairs`` CSV list.
+
+    ``weight``: relative sampling weight, or None for the default (sqrt of the source's pixel count).
+    """
+
+    ir: str | None = None
+    vis: str | None = None
+    pairs: str | None = None
+    weight: float | None = None
+
+    def __post_init__(self):
+        folders = self.ir is not None or self.vis is not None
+        if folders == (self.pairs is not None) or (folders and (self.ir is None or self.vis is None)):
+            raise UsageError("a training source is either an --ir/--vis folder pair or a --pairs CSV list")
+        if self.weight is not None and not (self.weight > 0 and math.isfinite(self.weight)):
+            raise UsageError(f"source weight must be a positive number, got {self.weight}")
+
+    @property
+    def label(self) -> str:
+        return self.pairs if self.pairs is not None else f"{self.ir} + {self.vis}"
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SourceSpec:
+        unknown = set(d) - {"ir", "vis", "pairs", "weight"}
+        if unknown:
+            raise UsageError(f"unknown keys in a training source: {sorted(unknown)}")
+        weight = d.get("weight")
+        return cls(
+            ir=None if d.get("ir") is None else str(d["ir"]),
+            vis=None if d.get("vis") is None else str(d["vis"]),
+            pairs=None if d.get("pairs") is None else str(d["pairs"]),
+            weight=None if weight is None else float(weight),
+        )
+
+
+def list_source_pairs(spec: SourceSpec) -> list[Pair]:
+    """The pairs of one source, sorted by name; UsageError when it has none or a folder is missing."""
+    if spec.pairs is not None:
+        pairs = read_pair_list(spec.pairs)
+    else:
+        for folder in (spec.ir, spec.vis):
+            if not Path(folder).is_dir():
+                raise UsageError(f"{folder}: training folder does not exist")
+        pairs = pair_folders(spec.ir, spec.vis).pairs
+    if not pairs:
+        raise UsageError(f"{spec.label}: no image pairs found")
+    return sorted(pairs, key=lambda p: p.name)
+
+
+@dataclass
+class PairImages:
+    """One pair in memory: ``ir`` raw (H, W); ``vis`` raw (H, W) or (H, W, 3) RGB; same H, W."""
+
+    name: str
+    ir: np.ndarray
+    vis: np.ndarray
+
+
+def load_pair(pair: Pair, min_size: int = 0) -> PairImages:
+    """Decode a pair. Images smaller than ``min_size`` on a side are reflect-padded up to it."""
+    ir = to_gray(read_image(pair.ir))
+    vis = read_image(pair.vis)
+    if ir.shape[:2] != vis.shape[:2]:
+        raise InputError(f"{pair.ir}: size {ir.shape[1]}x{ir.shape[0]} differs from {pair.vis} "
+                         f"({vis.shape[1]}x{vis.shape[0]}); pairs must be registered")
+    ir, vis = _pad_to(ir, min_size), _pad_to(vis, min_size)
+    return PairImages(pair.name, ir, vis)
+
+
+def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    ph, pw = max(0, size - h), max(0, size - w)
+    pad = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (img.ndim - 2)
+    mode = "reflect" if min(h, w) > 1 and ph < h and pw < w else "edge"
+    return np.pad(img, pad, mode=mode)
+
+
+def luminance(vis_raw: np.ndarray) -> np.ndarray:
+    """Raw visible crop -> float32 (H, W) Y in [0, 1] (OpenCV YCrCb on float RGB; gray is its own Y)."""
+    if vis_raw.ndim == 2:
+        return to_float(vis_raw)
+    return rgb_to_ycrcb(to_float(vis_raw))[0]
+
+
+def default_source_weights(sources: list[list[PairImages]]) -> list[float]:
+    """sqrt(total pixels) of each source, normalised to sum to 1."""
+    raw = [math.sqrt(sum(p.ir.shape[0] * p.ir.shape[1] for p in src)) for src in sources]
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+class CropSampler:
+    """Random training crops, a pure function of ``(seed, step)``.
+
+    ``batch(step, batch_size)`` -> ``(ir, vis_y)``, each a float32 tensor (B, 1, crop, crop) in [0, 1].
+    """
+
+    def __init__(self, sources: list[list[PairImages]], crop: int, seed: int,
+                 weights: list[float | None] | None = None):
+        if not sources or any(not s for s in sources):
+            raise UsageError("every training source needs at least one pair")
+        if crop < 8:
+            raise UsageError(f"crop size must be at least 8, got {crop}")
+        self.sources = sources
+        self.crop = crop
+        self.seed = seed
+        defaults = default_source_weights(sources)
+        given = list(weights) if weights is not None else [None] * len(sources)
+        if len(given) != len(sources):
+            raise ValueError("one weight per source")
+        if all(w is None for w in given):
+            chosen = defaults
+        elif any(w is None for w in given):
+            raise UsageError("give a sampling weight to every training source or to none")
+        else:
+            chosen = [float(w) for w in given]
+        total = sum(chosen)
+        self.weights = np.array([w / total for w in chosen], dtype=np.float64)
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        c = self.crop
+        ir_out = np.empty((batch_size, 1, c, c), dtype=np.float32)
+        vis_out = np.empty((batch_size, 1, c, c), dtype=np.float32)
+        for i in range(batch_size):
+            src = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+            pair = src[int(rng.integers(len(src)))]
+            h, w = pair.ir.shape[:2]
+            y = int(rng.integers(h - c + 1))
+            x = int(rng.integers(w - c + 1))
+            k = int(rng.integers(4))
+            flip = bool(rng.integers(2))
+            ir = to_float(pair.ir[y:y + c, x:x + c])
+            vis = luminance(pair.vis[y:y + c, x:x + c])
+            ir_out[i, 0] = _dihedral(ir, k, flip)
+            vis_out[i, 0] = _dihedral(vis, k, flip)
+        return torch.from_numpy(ir_out), torch.from_numpy(vis_out)
+
+
+def _dihedral(img: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = np.rot90(img, k)
+    return out[:, ::-1] if flip else out
+
+
+def load_sources(specs: list[SourceSpec], crop: int) -> tuple[list[list[PairImages]], list[list[Pair]]]:
+    """Decode every pair of every source (padded to at least ``crop``)."""
+    listed = [list_source_pairs(spec) for spec in specs]
+    images = [[load_pair(p, crop) for p in pairs] for pairs in listed]
+    return images, listed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Harvard medical training split with the CDDFuse test slices removed.
+
+HARVARD_PAIR_TYPES = ("MRI_CT", "MRI_PET", "MRI_SPECT")
+#: Pearson correlation at or above which two slices count as the same slice (**ours**; see below).
+NEAR_DUPLICATE_CORRELATION = 0.99
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    """Hash of an image's pixels, the same for a gray image and its R=G=B three-channel copy."""
+    canon = to_gray(img) if img.ndim == 3 and _fake_gray(img) else img
+    h = hashlib.sha256()
+    h.update(f"{canon.shape}|{canon.dtype}".encode())
+    h.update(np.ascontiguousarray(canon).tobytes())
+    return h.hexdigest()
+
+
+def _fake_gray(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+def _unit(img: np.ndarray) -> np.ndarray:
+    """Gray image -> zero-mean, unit-norm float32 vector of its 64x64 area-downsampled copy (Pearson
+    correlation by a dot product; downsampling keeps the comparison of 1000 x 270 slices fast)."""
+    gray = to_gray(img).astype(np.float32)
+    v = cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA).ravel()
+    v = v - v.mean()
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+def harvard_train_pairs(data_root: str | Path,
+                        near: float = NEAR_DUPLICATE_CORRELATION) -> tuple[dict[str, list[Pair]], dict]:
+    """Harvard ``train_split_xianming-gu.txt`` pairs per type, minus the slices of ``harvard_cddfuse/``.
+
+    A pair is dropped when its MRI (``a``) or its other image (``b``) has the same pixels as any
+    ``harvard_cddfuse`` image (the data README's rule), **or** (ours) when either correlates at ``>= near``
+    with a ``harvard_cddfuse`` image of the same role: all 21 CDDFuse MRI–CT test slices are atlas slices of
+    ``harvard/MRI_CT`` (correlation > 0.997) stored with slightly different pixels (mean difference ~1.6
+    grey levels), so exact hashing alone would keep 13 of them in training.
+
+    Returns ``(pairs_by_type, report)``; the report counts listed / dropped / kept pairs per type and names
+    the dropped ones, with the reason (``exact`` or ``near``).
+    """
+    root = Path(data_root)
+    cdd = root / "harvard_cddfuse"
+    if not cdd.is_dir():
+        raise UsageError(f"{cdd}: not found (needed to remove the CDDFuse test slices from training)")
+    test_hashes: set[str] = set()
+    test_vectors: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+    for role in ("a", "b"):
+        for path in sorted(cdd.glob(f"*/{role}/*")):
+            if path.is_file() and not path.name.startswith("."):
+                img = read_image(path)
+                test_hashes.add(pixel_hash(img))
+                test_vectors[role].append(_unit(img))
+    if not test_vectors["a"]:
+        raise UsageError(f"{cdd}: holds no */a/* images")
+    test_matrix = {role: np.stack(v) for role, v in test_vectors.items() if v}
+
+    out: dict[str, list[Pair]] = {}
+    report: dict = {"test_images": sum(len(v) for v in test_vectors.values()),
+                    "near_duplicate_correlation": near, "types": {}}
+    for kind in HARVARD_PAIR_TYPES:
+        folder = root / "harvard" / kind
+        names_file = folder / "train_split_xianming-gu.txt"
+        if not names_file.is_file():
+            raise UsageError(f"{names_file}: train name list not found")
+        names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+        by_stem = {p.name: p for p in pair_folders(folder / "a", folder / "b").pairs}
+        kept, dropped = [], {}
+        for name in names:
+            pair = by_stem.get(Path(name).stem)
+            if pair is None:
+                raise UsageError(f"{names_file}: '{name}' has no a/b image pair in {folder}")
+            reason = None
+            for role, path in (("a", pair.ir), ("b", pair.vis)):
+                img = read_image(path)
+                if pixel_hash(img) in test_hashes:
+                    reason = "exact"
+                    break
+                if role in test_matrix and float((test_matrix[role] @ _unit(img)).max()) >= near:
+                    reason = "near"
+            if reason is None:
+                kept.append(pair)
+            else:
+                dropped[pair.name] = reason
+        out[kind] = kept
+        report["types"][kind] = {
+            "listed": len(names), "kept": len(kept), "dropped": len(dropped),
+            "dropped_exact": sum(r == "exact" for r in dropped.values()),
+            "dropped_near": sum(r == "near" for r in dropped.values()),
+            "dropped_names": dict(sorted(dropped.items())),
+        }
+    return out, report

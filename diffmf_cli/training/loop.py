@@ -1,0 +1,599 @@
+"""The training loop: Adam, an EMA of the weights, fixed seeds, atomic checkpoints and exact resume.
+
+A run lives in one folder (``RUN_DIR``):
+
+- ``settings.json``  the :class:`TrainSettings` (written once; a resume reads it back);
+- ``data.json``      the pairs of every source and the sampling weights actually used;
+- ``checkpoint.pt``  model, EMA, optimizer, torch RNG state, step, wall time (``torch.save`` of tensors and
+  plain Python values only, so ``torch.load(weights_only=True)`` reads it; written atomically);
+- ``log.jsonl``      one JSON object per logged step (``"kind": "train"``) and per validation (``"val"``);
+- ``curves.png``     loss and validation curves (redrawn at each checkpoint);
+- ``model.safetensors``  the EMA weights with config and training facts (see :func:`export_run`).
+
+Exactness: batch ``t`` depends only on ``(seed, t)`` (see ``data.CropSampler``), the learning rate only on
+``t``, and a checkpoint holds every other piece of state, so stopping after any checkpoint and resuming gives
+bitwise the weights of an uninterrupted run (same machine, same thread count).
+
+Nothing here prints: progress goes to the ``report(kind, info)`` callback the caller passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError
+from diffmf_cli.training.data import CropSampler, SourceSpec, load_sources, luminance
+from diffmf_cli.training.losses import LOSS_PRESETS, LossWeights, fusion_loss
+
+CHECKPOINT_FORMAT = "diffmf-train-checkpoint/1"
+TASKS = ("ir-vis", "medical")
+DEFAULT_CROP = {"ir-vis": 128, "medical": 64}
+
+Report = Callable[[str, dict], None]
+
+
+@dataclass
+class TrainSettings:
+    """Everything that decides a run's result (so two runs with equal settings give equal weights)."""
+
+    sources: list[SourceSpec]
+    task: str = "ir-vis"
+    preset: str = "cpu"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int = 10000
+    batch_size: int = 8
+    crop: int | None = None              # None: 128 for ir-vis, 64 for medical
+    lr: float = 2e-4
+    schedule: str = "cosine"             # "cosine" (to min_lr_ratio·lr) or "constant", after a linear warmup
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0               # max gradient norm; 0 disables clipping
+    ema_decay: float = 0.999
+    seed: int = 0
+    loss: dict[str, Any] | None = None   # LossWeights fields; None: the task's preset
+    checkpoint_every: int = 200
+    log_every: int = 10
+    val_sources: list[SourceSpec] = field(default_factory=list)
+    val_every: int = 500
+    val_max_pairs: int = 8
+    val_crop: int = 256                  # validation images are centre-cropped to at most this size
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
+        if self.schedule not in ("cosine", "constant"):
+            raise UsageError(f"unknown schedule {self.schedule!r}; choose cosine or constant")
+        if not self.sources:
+            raise UsageError("no training data: give --ir DIR --vis DIR (repeatable) or --pairs FILE.csv")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every", "val_max_pairs"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise UsageError("warmup-steps and grad-clip must be >= 0 and min-lr-ratio in [0, 1]")
+        if self.crop is not None and self.crop < 16:
+            raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
+        self.loss_weights()  # validate early
+
+    @property
+    def crop_size(self) -> int:
+        return self.crop if self.crop is not None else DEFAULT_CROP[self.task]
+
+    def loss_weights(self) -> LossWeights:
+        base = LOSS_PRESETS[self.task]
+        if not self.loss:
+            return base
+        try:
+            return LossWeights(**{**base.to_dict(), **self.loss})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad loss settings {self.loss}: {exc}") from None
+
+    def model_config(self):
+        from diffmf_cli.models import PRESETS, DiffMFConfig
+
+        if self.preset not in PRESETS:
+            raise UsageError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        try:
+            return DiffMFConfig.from_dict({**PRESETS[self.preset].to_dict(), **self.model_overrides})
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"bad model options {self.model_overrides}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sources"] = [s.to_dict() for s in self.sources]
+        d["val_sources"] = [s.to_dict() for s in self.val_sources]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainSettings:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        d["sources"] = [SourceSpec.from_dict(s) for s in d.get("sources", [])]
+        d["val_sources"] = [SourceSpec.from_dict(s) for s in d.get("val_sources", [])]
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int                # steps completed
+    total_steps: int
+    finished: bool           # True when step == total_steps
+    stopped_by: str | None   # "time budget" / "signal" when stopped early
+    wall_time_s: float       # over all sessions of the run
+    last_loss: float | None
+
+
+def learning_rate(settings: TrainSettings, step: int) -> float:
+    """LR of (0-based) ``step``: linear warmup over ``warmup_steps``, then cosine decay or constant."""
+    base = settings.lr
+    if settings.warmup_steps and step < settings.warmup_steps:
+        return base * (step + 1) / settings.warmup_steps
+    if settings.schedule == "constant":
+        return base
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    floor = base * settings.min_lr_ratio
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run folder
+
+
+class RunFiles:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.settings = self.dir / "settings.json"
+        self.data = self.dir / "data.json"
+        self.checkpoint = self.dir / "checkpoint.pt"
+        self.log = self.dir / "log.jsonl"
+        self.plot = self.dir / "curves.png"
+        self.model = self.dir / "model.safetensors"
+
+
+def read_settings(run_dir: str | Path) -> TrainSettings:
+    files = RunFiles(run_dir)
+    try:
+        return TrainSettings.from_dict(json.loads(files.settings.read_text()))
+    except FileNotFoundError:
+        raise UsageError(f"{files.dir}: not a training run folder (no settings.json)") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{files.settings}: unreadable ({exc})") from None
+
+
+def _atomic_bytes(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_bytes(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a training checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no training checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable training checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a diffmf training checkpoint")
+    return ckpt
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EMA
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema ← d·ema + (1 − d)·model with d = min(decay, (1 + step) / (10 + step)); buffers are copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.mul_(d).add_(p.detach(), alpha=1 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def load_validation(settings: TrainSettings) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Up to ``val_max_pairs`` validation pairs (spread over the sorted list), centre-cropped."""
+    if not settings.val_sources:
+        return []
+    images, _ = load_sources(settings.val_sources, 0)
+    flat = [p for src in images for p in src]
+    if len(flat) > settings.val_max_pairs:
+        idx = np.linspace(0, len(flat) - 1, settings.val_max_pairs).round().astype(int)
+        flat = [flat[i] for i in idx]
+    out = []
+    for p in flat:
+        h, w = p.ir.shape
+        ch, cw = min(h, settings.val_crop), min(w, settings.val_crop)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        from diffmf_cli.io.images import to_float
+
+        ir = torch.from_numpy(np.ascontiguousarray(to_float(p.ir[y:y + ch, x:x + cw])))[None, None]
+        vis = torch.from_numpy(np.ascontiguousarray(luminance(p.vis[y:y + ch, x:x + cw])))[None, None]
+        out.append((p.name, ir, vis))
+    return out
+
+
+def _metric_functions() -> tuple[Callable | None, list[str], str | None]:
+    """``(compute_metrics, names, note)`` from ``diffmf_cli.metrics``, or ``(None, [], reason)``."""
+    try:
+        from diffmf_cli.metrics import METRIC_NAMES, compute_metrics
+    except Exception as exc:  # the metrics package is optional for training
+        return None, [], f"diffmf_cli.metrics unavailable ({type(exc).__name__}: {exc}); loss only"
+    names = [n for n in VAL_METRICS if n in METRIC_NAMES]
+    return compute_metrics, names, None
+
+
+VAL_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[str, float]:
+    """Mean fusion loss (and, when ``diffmf_cli.metrics`` offers ``compute_metrics``, metrics) on ``pairs``."""
+    was_training = model.training
+    model.eval()
+    compute, names, _ = _metric_functions()
+    losses, sums, counts = [], {}, {}
+    for _, ir, vis in pairs:
+        fused = model(ir, vis).clamp(0, 1)
+        if min(ir.shape[-2:]) >= 11:
+            total, _ = fusion_loss(fused, ir, vis, loss_weights)
+            losses.append(float(total))
+        if compute is not None:
+            # As the evaluator sees files: the fused image on the 8-bit grid, all on the 0..255 scale.
+            f255 = np.round(fused[0, 0].double().numpy() * 255)
+            try:
+                values, _ = compute(f255, ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255,
+                                    names=names)
+            except Exception:  # a metric failing must not stop a training run
+                values = {}
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                    counts[k] = counts.get(k, 0) + 1
+    model.train(was_training)
+    out = {"val_loss": float(np.mean(losses))} if losses else {}
+    out.update({f"val_{k}": sums[k] / counts[k] for k in sums})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot_curves(log_path: Path, png_path: Path) -> None:
+    """Loss terms (left) and validation values (right) against step, from ``log.jsonl``, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        (val if row.get("kind") == "val" else train).append(row)
+    if not train:
+        return
+    val_keys = sorted({k for r in val for k in r if k.startswith("val_")})
+    ncols = 2 if val_keys else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+    ax = axes[0, 0]
+    steps = [r["step"] for r in train]
+    ax.plot(steps, [r["loss"] for r in train], label="loss", color="black")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    for key, color in (("intensity", "tab:red"), ("gradient", "tab:blue"), ("ssim", "tab:green")):
+        twin.plot(steps, [r[key] for r in train], label=key, color=color, alpha=0.6, linewidth=0.8)
+    twin.set_ylabel("terms (unweighted)")
+    lines = ax.get_lines() + twin.get_lines()
+    ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize=8)
+    if val_keys:
+        ax = axes[0, 1]
+        for key in val_keys:
+            pts = [(r["step"], r[key]) for r in val if key in r]
+            if key == "val_loss":
+                ax2 = ax.twinx()
+                ax2.plot(*zip(*pts), color="black", marker="o", markersize=3, label="val_loss")
+                ax2.set_ylabel("validation loss")
+            else:
+                ax.plot(*zip(*pts), marker="o", markersize=3, label=key[4:])
+        ax.set_xlabel("step")
+        ax.set_title("validation")
+        ax.grid(alpha=0.3)
+        if len(val_keys) > 1 or "val_loss" not in val_keys:
+            ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    _atomic_bytes(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@contextmanager
+def _stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag checked between steps (only in the main thread)."""
+    flag = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a resume starts from."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue
+    _atomic_bytes(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
+
+
+def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
+          max_minutes: float | None = None, report: Report | None = None,
+          handle_signals: bool = True) -> TrainResult:
+    """Train (or resume) the run in ``run_dir``. See the module docstring for what the folder holds.
+
+    ``max_minutes``: stop cleanly (checkpoint first) once this session has run that long.
+    ``report(kind, info)``: kinds ``"start"``, ``"step"`` (every log interval), ``"val"``, ``"checkpoint"``.
+    """
+    from diffmf_cli.models import create_model
+
+    report = report or (lambda kind, info: None)
+    files = RunFiles(run_dir)
+    if resume:
+        stored = read_settings(files.dir)
+        if stored.to_dict() != settings.to_dict():
+            raise UsageError(f"{files.settings}: settings differ from this run's; resume takes them from there")
+        ckpt = load_checkpoint(files.checkpoint)
+    else:
+        if files.checkpoint.exists() or files.settings.exists():
+            raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")
+        ckpt = None
+    cfg = settings.model_config()
+    loss_weights = settings.loss_weights()
+
+    images, listed = load_sources(settings.sources, settings.crop_size)
+    sampler = CropSampler(images, settings.crop_size, settings.seed, [s.weight for s in settings.sources])
+    val_pairs = load_validation(settings)
+
+    torch.manual_seed(settings.seed)
+    model = create_model(cfg)
+    model.train()
+    ema = copy.deepcopy(model)
+    ema.requires_grad_(False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    step, wall_before = 0, 0.0
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            ema.load_state_dict(ckpt["ema"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["torch_rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{files.checkpoint}: does not fit this run ({str(exc).splitlines()[0]})") from None
+        step, wall_before = int(ckpt["step"]), float(ckpt["wall_time_s"])
+        _truncate_log(files.log, step)
+    else:
+        files.dir.mkdir(parents=True, exist_ok=True)
+        _write_json(files.settings, settings.to_dict())
+        _write_json(files.data, {
+            "sources": [{"source": spec.to_dict(), "weight": float(w), "pairs": [p.name for p in pairs],
+                         "files": [[str(p.ir), str(p.vis)] for p in pairs]}
+                        for spec, w, pairs in zip(settings.sources, sampler.weights, listed)],
+            "validation_pairs": [name for name, _, _ in val_pairs],
+        })
+
+    _, _, metrics_note = _metric_functions()
+    report("start", {"step": step, "total": settings.steps, "resumed": ckpt is not None,
+                     "pairs": [len(s) for s in images], "weights": sampler.weights.tolist(),
+                     "validation_pairs": len(val_pairs), "metrics_note": metrics_note if val_pairs else None,
+                     "params": sum(p.numel() for p in model.parameters())})
+
+    def save_checkpoint(at_step: int, wall: float) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": at_step, "wall_time_s": wall,
+            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "data_order": {"seed": settings.seed, "next_step": at_step},
+            "settings": json.dumps(settings.to_dict(), sort_keys=True),
+        }
+        _atomic_bytes(files.checkpoint, lambda tmp: torch.save(state, tmp))
+        if files.log.is_file():
+            plot_curves(files.log, files.plot)
+        report("checkpoint", {"step": at_step, "path": str(files.checkpoint)})
+
+    start = time.monotonic()
+    window_start, window_steps = start, 0
+    sums = {"loss": 0.0, "intensity": 0.0, "gradient": 0.0, "ssim": 0.0}
+    stopped_by, last_loss = None, None
+    log_fh = open(files.log, "a", encoding="utf-8")
+    with log_fh, (_stop_on_signals() if handle_signals else _no_signals()) as flag:
+        while step < settings.steps:
+            lr = learning_rate(settings, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ir, vis = sampler.batch(step, settings.batch_size)
+            fused = model(ir, vis)
+            loss, parts = fusion_loss(fused, ir, vis, loss_weights)
+            if not torch.isfinite(loss):
+                raise DiffMFError(f"training diverged: loss is {float(loss)} at step {step + 1}; "
+                                  f"lower --lr (last checkpoint: {files.checkpoint})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            ema_update(ema, model, settings.ema_decay, step)
+            step += 1
+            window_steps += 1
+            last_loss = float(loss.detach())
+            sums["loss"] += last_loss
+            for k, v in parts.items():
+                sums[k] += float(v)
+
+            now = time.monotonic()
+            if step % settings.log_every == 0 or step == settings.steps:
+                row = {"kind": "train", "step": step, "lr": lr,
+                       **{k: v / window_steps for k, v in sums.items()},
+                       "steps_per_s": window_steps / max(now - window_start, 1e-9),
+                       "wall_time_s": wall_before + now - start}
+                log_fh.write(json.dumps(row) + "\n")
+                log_fh.flush()
+                report("step", row)
+                window_start, window_steps = now, 0
+                sums = dict.fromkeys(sums, 0.0)
+            if val_pairs and (step % settings.val_every == 0 or step == settings.steps):
+                row = {"kind": "val", "step": step, **validate(ema, val_pairs, loss_weights)}
+                log_fh.write(json.dumps(row) + "\n")
+                log_fh.flush()
+                report("val", row)
+            over_time = max_minutes is not None and (time.monotonic() - start) >= max_minutes * 60
+            if flag["signal"]:
+                stopped_by = f"signal {flag['signal']}"
+            elif over_time and step < settings.steps:
+                stopped_by = "time budget"
+            if step % settings.checkpoint_every == 0 or step == settings.steps or stopped_by:
+                log_fh.flush()
+                save_checkpoint(step, wall_before + time.monotonic() - start)
+            if stopped_by:
+                break
+    wall = wall_before + time.monotonic() - start
+    return TrainResult(files.dir, step, settings.steps, step >= settings.steps, stopped_by, wall, last_loss)
+
+
+@contextmanager
+def _no_signals():
+    yield {"signal": None}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Export
+
+
+def code_version() -> dict:
+    """diffmf version and, when run from a git checkout, the commit (``+dirty`` if files are modified)."""
+    from diffmf_cli import __version__
+
+    info = {"diffmf_version": __version__}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        info["git_commit"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
+               metrics: dict | None = None) -> Path:
+    """Write the run's EMA weights to ``out`` (safetensors) with the config and training facts."""
+    from diffmf_cli.models import create_model
+    from diffmf_cli.weights import save_weights
+
+    files = RunFiles(run_dir)
+    settings = read_settings(files.dir)
+    ckpt = load_checkpoint(files.checkpoint)
+    model = create_model(settings.model_config())
+    try:
+        model.load_state_dict(ckpt["ema"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{files.checkpoint}: EMA weights do not fit the run's model "
+                              f"({str(exc).splitlines()[0]})") from None
+    last_val = {}
+    if files.log.is_file():
+        for line in files.log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("kind") == "val" and row.get("step", 0) <= ckpt["step"]:
+                last_val = row
+    data = json.loads(files.data.read_text()) if files.data.is_file() else {}
+    meta = {
+        "name": name or f"diffmf-{settings.task}-{settings.preset}",
+        "task": settings.task,
+        "preset": settings.preset,
+        "weights": "EMA",
+        "training": {
+            "steps": int(ckpt["step"]), "total_steps": settings.steps, "seed": settings.seed,
+            "wall_time_s": round(float(ckpt["wall_time_s"]), 1),
+            "settings": settings.to_dict(),
+            "data": [{"source": s["source"], "pairs": len(s["pairs"]), "weight": s["weight"]}
+                     for s in data.get("sources", [])],
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+        },
+        "validation": last_val,
+        "metrics": metrics or {},
+        **code_version(),
+    }
+    return save_weights(out, model, meta)

@@ -1,0 +1,186 @@
+"""Training data: deterministic crops, aligned augmentation, source weights, and the medical split filter."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from diffmf_cli.errors import InputError, UsageError
+from diffmf_cli.training.data import (
+    CropSampler,
+    SourceSpec,
+    harvard_train_pairs,
+    load_sources,
+    luminance,
+    pixel_hash,
+)
+
+
+def _write_pairs(root, n=3, size=(40, 56), seed=0, colour=True):
+    """n registered pairs in root/ir, root/vi; the visible image's Y is 255 - IR (so alignment is checkable)."""
+    rng = np.random.default_rng(seed)
+    (root / "ir").mkdir(parents=True)
+    (root / "vi").mkdir()
+    for i in range(n):
+        ir = rng.integers(0, 256, size, dtype=np.uint8)
+        cv2.imwrite(str(root / "ir" / f"{i:03d}.png"), ir)
+        vis = 255 - ir
+        if colour:
+            vis = cv2.cvtColor(vis, cv2.COLOR_GRAY2BGR)  # R=G=B: Y equals the gray value
+        cv2.imwrite(str(root / "vi" / f"{i:03d}.png"), vis)
+    return SourceSpec(ir=str(root / "ir"), vis=str(root / "vi"))
+
+
+def test_batches_depend_only_on_seed_and_step(tmp_path):
+    spec = _write_pairs(tmp_path / "a")
+    images, listed = load_sources([spec], 16)
+    assert [p.name for p in listed[0]] == ["000", "001", "002"]
+    s1, s2 = CropSampler(images, 16, seed=5), CropSampler(load_sources([spec], 16)[0], 16, seed=5)
+    b7 = s1.batch(7, 4)
+    s1.batch(3, 4)  # drawing other steps first changes nothing
+    again = s2.batch(7, 4)
+    assert torch.equal(b7[0], again[0]) and torch.equal(b7[1], again[1])
+    assert not torch.equal(s1.batch(8, 4)[0], b7[0])
+    assert not torch.equal(CropSampler(images, 16, seed=6).batch(7, 4)[0], b7[0])
+    assert b7[0].shape == (4, 1, 16, 16) and b7[0].dtype == torch.float32
+    assert 0 <= float(b7[0].min()) and float(b7[0].max()) <= 1
+
+
+def test_crops_and_augmentations_keep_the_pair_aligned(tmp_path):
+    spec = _write_pairs(tmp_path / "a", n=2)
+    images, _ = load_sources([spec], 16)
+    sampler = CropSampler(images, 16, seed=0)
+    for step in range(20):
+        ir, vis = sampler.batch(step, 3)
+        assert torch.allclose(vis, 1 - ir, atol=1e-5)
+
+
+def test_all_eight_dihedral_transforms_occur_and_are_exact(tmp_path):
+    root = tmp_path / "g"
+    (root / "ir").mkdir(parents=True)
+    (root / "vi").mkdir()
+    ramp = (np.arange(16)[:, None] * 16 + np.arange(16)[None, :]).astype(np.uint8)  # all 256 values, unique
+    cv2.imwrite(str(root / "ir" / "x.png"), ramp)
+    cv2.imwrite(str(root / "vi" / "x.png"), ramp)
+    images, _ = load_sources([SourceSpec(ir=str(root / "ir"), vis=str(root / "vi"))], 16)
+    seen = set()
+    expected = {np.rot90(ramp, k)[:, ::-1].tobytes() if f else np.rot90(ramp, k).tobytes()
+                for k in range(4) for f in (False, True)}
+    for step in range(60):
+        ir, _ = CropSampler(images, 16, seed=1).batch(step, 1)
+        seen.add(np.round(ir[0, 0].numpy() * 255).astype(np.uint8).tobytes())
+    assert seen == expected
+
+
+def test_luminance_is_opencv_ycrcb_y():
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    y = luminance(rgb)
+    ref = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2YCrCb)[:, :, 0]
+    assert np.allclose(y, ref, atol=1e-6)
+    expect = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) / 255
+    assert np.allclose(y, expect, atol=1e-4)
+
+
+def test_source_weights(tmp_path):
+    small = _write_pairs(tmp_path / "small", n=1, size=(20, 20))
+    big = _write_pairs(tmp_path / "big", n=4, size=(40, 40), seed=1)
+    images, _ = load_sources([small, big], 16)
+    sampler = CropSampler(images, 16, seed=0)
+    # sqrt(400) : sqrt(4 * 1600) = 20 : 80
+    assert np.allclose(sampler.weights, [0.2, 0.8])
+    assert np.allclose(CropSampler(images, 16, 0, [1.0, 1.0]).weights, [0.5, 0.5])
+    with pytest.raises(UsageError):
+        CropSampler(images, 16, 0, [1.0, None])
+    # Observed frequencies follow the weights: make the two sources tell apart by brightness.
+    images[0][0].ir[:] = 10
+    for p in images[1]:
+        p.ir[:] = 200
+    sampler = CropSampler(images, 16, 0, [3.0, 1.0])
+    n_small = sum(float(sampler.batch(step, 1)[0].mean()) < 0.5 for step in range(400))
+    assert 0.68 < n_small / 400 < 0.82
+
+
+def test_small_images_are_padded_to_the_crop(tmp_path):
+    spec = _write_pairs(tmp_path / "s", n=1, size=(10, 12))
+    images, _ = load_sources([spec], 16)
+    assert images[0][0].ir.shape == (16, 16)
+    ir, vis = CropSampler(images, 16, 0).batch(0, 2)
+    assert torch.allclose(vis, 1 - ir, atol=1e-5)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_sources([SourceSpec(ir=str(tmp_path / "no"), vis=str(tmp_path / "no2"))], 16)
+    (tmp_path / "e" / "ir").mkdir(parents=True)
+    (tmp_path / "e" / "vi").mkdir()
+    with pytest.raises(UsageError, match="no image pairs"):
+        load_sources([SourceSpec(ir=str(tmp_path / "e" / "ir"), vis=str(tmp_path / "e" / "vi"))], 16)
+    with pytest.raises(UsageError):
+        SourceSpec(ir="a")
+    with pytest.raises(UsageError):
+        SourceSpec(ir="a", vis="b", pairs="c.csv")
+    with pytest.raises(UsageError):
+        SourceSpec(ir="a", vis="b", weight=-1)
+    spec = _write_pairs(tmp_path / "m", n=1, size=(20, 20))
+    cv2.imwrite(str(tmp_path / "m" / "vi" / "000.png"), np.zeros((20, 22), np.uint8))
+    with pytest.raises(InputError, match="differs"):
+        load_sources([spec], 16)
+
+
+def test_pair_list_source(tmp_path):
+    _write_pairs(tmp_path / "p", n=2)
+    (tmp_path / "list.csv").write_text("ir,vis\np/ir/000.png,p/vi/000.png\np/ir/001.png,p/vi/001.png\n")
+    images, listed = load_sources([SourceSpec(pairs=str(tmp_path / "list.csv"))], 16)
+    assert len(images[0]) == 2 and listed[0][0].ir == tmp_path / "p" / "ir" / "000.png"
+
+
+def test_pixel_hash_ignores_gray_storage():
+    g = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
+    assert pixel_hash(g) == pixel_hash(np.stack([g, g, g], axis=2))
+    assert pixel_hash(g) != pixel_hash(g.T.copy())
+
+
+def _fake_harvard(root):
+    rng = np.random.default_rng(3)
+    slices = [cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 2) for _ in range(4)]
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+        for sub in ("a", "b"):
+            (root / "harvard" / kind / sub).mkdir(parents=True)
+            (root / "harvard_cddfuse" / kind / sub).mkdir(parents=True)
+        for i, s in enumerate(slices):
+            cv2.imwrite(str(root / "harvard" / kind / "a" / f"{i}.png"), s)
+            cv2.imwrite(str(root / "harvard" / kind / "b" / f"{i}.png"), 255 - s)
+        (root / "harvard" / kind / "train_split_xianming-gu.txt").write_text("0.png\n1.png\n2.png\n")
+    # CDDFuse copies: slice 0 exactly (stored as 3 channels), slice 1 with slightly different pixels.
+    cv2.imwrite(str(root / "harvard_cddfuse" / "MRI_CT" / "a" / "11.png"), cv2.merge([slices[0]] * 3))
+    near = np.clip(slices[1].astype(int) + rng.integers(-1, 2, slices[1].shape), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(root / "harvard_cddfuse" / "MRI_SPECT" / "a" / "12.png"), near)
+    unrelated = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    for kind in ("MRI_CT", "MRI_SPECT"):
+        cv2.imwrite(str(root / "harvard_cddfuse" / kind / "b" / f"{11 if kind == 'MRI_CT' else 12}.png"),
+                    unrelated)
+
+
+def test_medical_split_drops_exact_and_near_copies_of_test_slices(tmp_path):
+    _fake_harvard(tmp_path)
+    pairs, report = harvard_train_pairs(tmp_path)
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+        # The same MRI slices are in every type here, so every type loses slices 0 (exact) and 1 (near).
+        assert [p.name for p in pairs[kind]] == ["2"]
+        assert report["types"][kind]["dropped_names"] == {"0": "exact", "1": "near"}
+        assert report["types"][kind]["listed"] == 3
+    _, strict = harvard_train_pairs(tmp_path, near=1.01)  # exact matching only
+    assert strict["types"]["MRI_CT"]["dropped_names"] == {"0": "exact"}
+
+
+@pytest.mark.data
+def test_medical_split_on_the_real_data(shared_data):
+    pairs, report = harvard_train_pairs(shared_data)
+    kept = {k: v["kept"] for k, v in report["types"].items()}
+    dropped = {k: v["dropped"] for k, v in report["types"].items()}
+    # Measured once (see README): CT loses 13 near-copies, SPECT 40 exact + 22 near, PET none.
+    assert dropped == {"MRI_CT": 13, "MRI_PET": 0, "MRI_SPECT": 62}
+    assert kept == {"MRI_CT": 147, "MRI_PET": 245, "MRI_SPECT": 271}
+    assert all(len(pairs[k]) == kept[k] for k in kept)

@@ -1,0 +1,198 @@
+"""The training loop on the tiny preset: exact resume, export round trip, logs, schedule, EMA."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from diffmf_cli.errors import CheckpointError, UsageError
+from diffmf_cli.training.data import SourceSpec
+from diffmf_cli.training.loop import (
+    RunFiles,
+    TrainSettings,
+    ema_update,
+    export_run,
+    learning_rate,
+    load_checkpoint,
+    train,
+)
+from diffmf_cli.weights import load_weights
+
+
+@pytest.fixture(autouse=True)
+def _reference_scan(monkeypatch):
+    # These tests check the loop's own exactness (data order, optimizer/EMA/RNG state), so they run the
+    # plain-PyTorch scan: the numba kernel's float32 sums were seen to differ by ~1e-7 from call to call
+    # when numba's pool has more than one thread (reported to the scan's owner).
+    monkeypatch.setenv("DIFFMF_SCAN", "reference")
+
+
+@pytest.fixture
+def source(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "ir").mkdir(parents=True)
+    (root / "vi").mkdir()
+    for i in range(3):
+        base = cv2.GaussianBlur(rng.integers(0, 256, (48, 40), dtype=np.uint8), (5, 5), 1.5)
+        cv2.imwrite(str(root / "ir" / f"{i}.png"), base)
+        vis = cv2.merge([np.roll(base, 3, axis=1), 255 - base, base])
+        cv2.imwrite(str(root / "vi" / f"{i}.jpg"), vis)
+    return SourceSpec(ir=str(root / "ir"), vis=str(root / "vi"))
+
+
+def _settings(source, **kw):
+    base = dict(sources=[source], preset="tiny", steps=6, batch_size=2, crop=32, checkpoint_every=3,
+                log_every=1, warmup_steps=2, lr=1e-3, seed=3)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _state(run_dir):
+    ckpt = load_checkpoint(RunFiles(run_dir).checkpoint)
+    return ckpt
+
+
+def _assert_same_state(a, b):
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for idx in sa:
+        for k in sa[idx]:
+            assert torch.equal(sa[idx][k], sb[idx][k]), (idx, k)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, source):
+    settings = _settings(source)
+    whole = train(settings, tmp_path / "whole", handle_signals=False)
+    assert whole.finished and whole.step == 6
+
+    def crash_at_5(kind, info):
+        if kind == "step" and info["step"] == 5:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        train(settings, tmp_path / "cut", report=crash_at_5, handle_signals=False)
+    assert _state(tmp_path / "cut")["step"] == 3  # the last checkpoint before the crash
+    resumed = train(settings, tmp_path / "cut", resume=True, handle_signals=False)
+    assert resumed.finished
+    _assert_same_state(_state(tmp_path / "whole"), _state(tmp_path / "cut"))
+
+    # The log holds each step once (lines written after the checkpoint were dropped on resume).
+    rows = [json.loads(l) for l in RunFiles(tmp_path / "cut").log.read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert RunFiles(tmp_path / "cut").plot.stat().st_size > 1000
+
+
+def test_time_budget_stops_with_a_checkpoint_and_resume_finishes_identically(tmp_path, source):
+    settings = _settings(source, steps=4, checkpoint_every=100)
+    first = train(settings, tmp_path / "run", max_minutes=1e-9, handle_signals=False)
+    assert not first.finished and first.stopped_by == "time budget" and first.step == 1
+    assert _state(tmp_path / "run")["step"] == 1
+    train(settings, tmp_path / "run", resume=True, handle_signals=False)
+    train(settings, tmp_path / "whole", handle_signals=False)
+    _assert_same_state(_state(tmp_path / "whole"), _state(tmp_path / "run"))
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, source):
+    train(_settings(source, steps=2), tmp_path / "a", handle_signals=False)
+    train(_settings(source, steps=2), tmp_path / "b", handle_signals=False)
+    train(_settings(source, steps=2, seed=4), tmp_path / "c", handle_signals=False)
+    a, b, c = (_state(tmp_path / n)["ema"] for n in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_export_round_trip_and_metadata(tmp_path, source):
+    settings = _settings(source, steps=3)
+    train(settings, tmp_path / "run", handle_signals=False)
+    path = export_run(tmp_path / "run", tmp_path / "w.safetensors", name="unit")
+    model, meta = load_weights(path)
+    ema = _state(tmp_path / "run")["ema"]
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    assert meta["name"] == "unit" and meta["task"] == "ir-vis" and meta["weights"] == "EMA"
+    assert meta["training"]["steps"] == 3 and meta["training"]["seed"] == 3
+    assert meta["training"]["data"][0]["pairs"] == 3
+    assert meta["training"]["wall_time_s"] > 0
+    assert meta["config"] == settings.model_config().to_dict()
+    assert "diffmf_version" in meta
+
+
+def test_refusals(tmp_path, source):
+    settings = _settings(source, steps=1)
+    with pytest.raises(UsageError, match="not a training run folder"):
+        train(settings, tmp_path / "none", resume=True)
+    train(settings, tmp_path / "run", handle_signals=False)
+    with pytest.raises(UsageError, match="already holds a training run"):
+        train(settings, tmp_path / "run")
+    with pytest.raises(UsageError, match="settings differ"):
+        train(_settings(source, steps=1, lr=0.5), tmp_path / "run", resume=True)
+    RunFiles(tmp_path / "run").checkpoint.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        train(settings, tmp_path / "run", resume=True)
+    with pytest.raises(UsageError):
+        TrainSettings(sources=[])
+    with pytest.raises(UsageError):
+        _settings(source, task="nope")
+    with pytest.raises(UsageError, match="bad model options"):
+        _settings(source, model_overrides={"no_such": 1}).model_config()
+    with pytest.raises(UsageError, match="bad loss"):
+        _settings(source, loss={"ssim_weighting": "x"})
+
+
+def test_model_and_loss_overrides_are_used(tmp_path, source):
+    settings = _settings(source, steps=1, model_overrides={"use_guidance": False},
+                         loss={"intensity": 5.0}, task="medical")
+    assert settings.model_config().use_guidance is False
+    assert settings.loss_weights().intensity == 5.0 and settings.loss_weights().gradient == 100.0
+    assert settings.crop_size == 32
+    assert _settings(source, crop=None, task="medical").crop_size == 64
+    train(settings, tmp_path / "run", handle_signals=False)
+    model, meta = load_weights(export_run(tmp_path / "run", tmp_path / "w.safetensors"))
+    assert model.config.use_guidance is False and meta["task"] == "medical"
+
+
+def test_validation_rows_are_logged(tmp_path, source):
+    settings = _settings(source, steps=2, val_sources=[source], val_every=2, val_crop=32)
+    train(settings, tmp_path / "run", handle_signals=False)
+    rows = [json.loads(l) for l in RunFiles(tmp_path / "run").log.read_text().splitlines()]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert len(val) == 1 and val[0]["step"] == 2 and math.isfinite(val[0]["val_loss"])
+
+
+def test_learning_rate_schedule():
+    s = TrainSettings(sources=[SourceSpec(ir="a", vis="b")], steps=110, lr=1.0, warmup_steps=10,
+                      min_lr_ratio=0.1)
+    assert learning_rate(s, 0) == pytest.approx(0.1)
+    assert learning_rate(s, 9) == pytest.approx(1.0)
+    assert learning_rate(s, 10) == pytest.approx(1.0)
+    assert learning_rate(s, 60) == pytest.approx(0.55)
+    assert learning_rate(s, 110) == pytest.approx(0.1)
+    c = TrainSettings(sources=[SourceSpec(ir="a", vis="b")], steps=110, lr=1.0, warmup_steps=0,
+                      schedule="constant")
+    assert learning_rate(c, 0) == learning_rate(c, 100) == 1.0
+
+
+def test_ema_update():
+    model = torch.nn.Linear(2, 1)
+    ema = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+    ema_update(ema, model, decay=0.999, step=0)  # warm-up: d = 1/10
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.9))
+    ema_update(ema, model, decay=0.5, step=1000)
+    assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.95))

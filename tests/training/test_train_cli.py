@@ -1,0 +1,153 @@
+"""`diffmf train` through Typer's CliRunner (tiny preset, generated images) and one real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diffmf_cli.cli.app import _register, app
+from diffmf_cli.training.loop import RunFiles, load_checkpoint
+from diffmf_cli.weights import load_weights
+
+_register()
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _reference_scan(monkeypatch):
+    monkeypatch.setenv("DIFFMF_SCAN", "reference")  # see test_loop.py
+
+
+def _folders(root, n=2, size=(40, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    (root / "ir").mkdir(parents=True)
+    (root / "vi").mkdir()
+    for i in range(n):
+        base = cv2.GaussianBlur(rng.integers(0, 256, size, dtype=np.uint8), (5, 5), 1.5)
+        cv2.imwrite(str(root / "ir" / f"p{i}.png"), base)
+        cv2.imwrite(str(root / "vi" / f"p{i}.png"), cv2.merge([base, 255 - base, base // 2]))
+    return root / "ir", root / "vi"
+
+
+def _run(*args):
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+FAST = ["--preset", "tiny", "--batch-size", "2", "--crop", "32", "--threads", "1", "--warmup-steps", "1"]
+
+
+def test_train_then_export_then_load(tmp_path):
+    ir, vis = _folders(tmp_path / "a")
+    ir2, vis2 = _folders(tmp_path / "b", n=1, seed=1)
+    run = tmp_path / "run"
+    res = _run("--ir", ir, "--vis", vis, "--ir", ir2, "--vis", vis2, "--out", run, "--steps", "3",
+               "--checkpoint-every", "2", "--log-every", "1", "--val-ir", ir2, "--val-vis", vis2,
+               "--val-every", "3", "--seed", "7", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "step 3/3" in res.stdout and "EMA weights" in res.stdout
+    files = RunFiles(run)
+    for f in (files.settings, files.data, files.checkpoint, files.log, files.plot, files.model):
+        assert f.is_file(), f
+    model, meta = load_weights(files.model)
+    assert meta["training"]["steps"] == 3 and meta["training"]["seed"] == 7
+    assert [d["pairs"] for d in meta["training"]["data"]] == [2, 1]
+    assert any(json.loads(l)["kind"] == "val" for l in files.log.read_text().splitlines())
+
+    res = _run("--export", run, "-o", tmp_path / "w" / "x.safetensors", "--name", "mine")
+    assert res.exit_code == 0, res.output
+    assert load_weights(tmp_path / "w" / "x.safetensors")[1]["name"] == "mine"
+
+
+def test_config_file_and_command_line_precedence(tmp_path):
+    ir, vis = _folders(tmp_path / "d")
+    cfg = tmp_path / "cfg" / "run.toml"
+    cfg.parent.mkdir()
+    cfg.write_text(
+        'task = "medical"\npreset = "tiny"\nsteps = 5\nbatch_size = 2\ncrop = 32\nseed = 11\nlr = 1e-3\n'
+        'warmup_steps = 1\nthreads = 1\nout = "../run"\n'
+        '[[source]]\nir = "../d/ir"\nvis = "../d/vi"\nweight = 2.0\n'
+        '[model]\nuse_guidance = false\n[loss]\ngradient = 50.0\n')
+    res = _run("--config", cfg, "--steps", "2")  # the command line wins over the file
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+    assert settings["steps"] == 2 and settings["seed"] == 11 and settings["task"] == "medical"
+    assert settings["sources"] == [{"ir": str(ir), "vis": str(vis), "weight": 2.0}]
+    assert settings["model_overrides"] == {"use_guidance": False} and settings["loss"] == {"gradient": 50.0}
+    model, meta = load_weights(tmp_path / "run" / "model.safetensors")
+    assert model.config.use_guidance is False and meta["task"] == "medical"
+
+
+def test_time_budget_then_resume(tmp_path):
+    ir, vis = _folders(tmp_path / "d")
+    run = tmp_path / "run"
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "3", "--max-minutes", "0.000001", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "stopped early (time budget)" in res.stdout and "--resume" in res.stdout
+    assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 1
+    assert not RunFiles(run).model.exists()
+    res = _run("--out", run, "--resume", "--threads", "1")
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 3 and RunFiles(run).model.is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ir", "x"], "must come in pairs"),
+    (["--out", "RUN"], "no training data"),
+    (["--ir", "MISSING", "--vis", "MISSING", "--out", "RUN"], "does not exist"),
+    (["--resume", "--out", "RUN", "--lr", "1"], "drop --lr"),
+    (["--resume", "--out", "RUN"], "not a training run folder"),
+    (["--export", "RUN"], "needs -o"),
+    (["--export", "RUN", "-o", "x.safetensors"], "not a training run folder"),
+    (["--config", "nope.toml", "--out", "RUN"], "config file does not exist"),
+    (["--task", "x", "--ir", "I", "--vis", "V", "--out", "RUN"], "unknown task"),
+    (["--medical", "--task", "ir-vis"], "contradicts"),
+    (["--model-option", "oops"], "KEY=VALUE"),
+])
+def test_usage_errors_are_one_line_with_exit_2(tmp_path, args, message):
+    args = [str(tmp_path / a) if a in ("RUN", "MISSING", "nope.toml", "I", "V") else a for a in args]
+    res = _run(*args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_existing_run_needs_resume(tmp_path):
+    ir, vis = _folders(tmp_path / "d")
+    run = tmp_path / "run"
+    assert _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", *FAST).exit_code == 0
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", *FAST)
+    assert res.exit_code == 2 and "use --resume" in res.output
+
+
+def test_sigterm_in_a_real_process_checkpoints_and_exits_130(tmp_path):
+    ir, vis = _folders(tmp_path / "d")
+    run = tmp_path / "run"
+    env = {**os.environ, "DIFFMF_SCAN": "reference"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffmf_cli", "train", "--ir", str(ir), "--vis", str(vis), "--out", str(run),
+         "--steps", "100000", "--checkpoint-every", "100000", "--log-every", "1", *FAST],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (RunFiles(run).log.is_file()
+                                                   and RunFiles(run).log.stat().st_size > 0):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "stopped early (signal SIGTERM)" in out
+    step = load_checkpoint(RunFiles(run).checkpoint)["step"]
+    assert 1 <= step < 100000
