@@ -162,6 +162,8 @@ def machine_facts(device: torch.device) -> dict:
         "gpu_memory_bytes": None,
         "gpu_capability": None,
         "cuda_version": torch.version.cuda,
+        "numba_threading_layer": _numba_layer(),
+        "env": {k: os.environ[k] for k in ENV_FACTS if os.environ.get(k)},
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -169,6 +171,21 @@ def machine_facts(device: torch.device) -> dict:
         facts["gpu_memory_bytes"] = int(props.total_memory)
         facts["gpu_capability"] = f"{props.major}.{props.minor}"
     return facts
+
+
+#: Environment variables that change CPU timings (OpenMP spinning and thread counts) or the scan path.
+ENV_FACTS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS",
+             "NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "DIFFMF_SCAN", "CUDA_VISIBLE_DEVICES")
+
+
+def _numba_layer() -> str | None:
+    """numba's threading layer ("omp", "tbb", "workqueue"), once started; None before."""
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except Exception:  # noqa: BLE001 - not started yet, or no numba
+        return None
 
 
 def _version(module: str) -> str | None:

@@ -193,11 +193,15 @@ def _header(result: dict) -> list[str]:
         f"diffmf benchmark  {m['timestamp']}  (diffmf {m['diffmf_version']}"
         + (f", commit {m['git_commit']}" if m["git_commit"] else "") + ")",
         f"machine: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {s['threads']} torch threads, "
-        f"{_size(m['memory_bytes'])} RAM; {gpu}; torch {m['torch_version']}, numba {m['numba_version']}",
+        f"{_size(m['memory_bytes'])} RAM; {gpu}; torch {m['torch_version']}, numba {m['numba_version']} "
+        f"({m['numba_threading_layer'] or 'threads not started'})",
     ]
+    if m["env"]:
+        lines.append("env:     " + " ".join(f"{k}={v}" for k, v in m["env"].items()))
     if load:
         lines.append(f"load:    {load[0]}/{load[1]}/{load[2]} (1/5/15 min) at start"
-                     + (f", {end[0]} at end" if end else "") + " (other work on these cores slows every row)")
+                     + (f", {end[0]} at end" if end else "") + "; CPU use = process CPU time / (wall time × "
+                     "threads), low when other work holds the cores")
     lines.append(f"model:   {model['source']}")
     lines.append(f"         {model['params']:,} parameters; {model['macs_per_megapixel'] / 1e9:.2f} GMAC per "
                  f"megapixel (dense layers) + {model['scan_updates_per_megapixel'] / 1e9:.2f} G scan state "
@@ -260,6 +264,9 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
                "IQR", "peak memory", "params", "GMAC/MP"]
     if tiled:
         columns.insert(5, "tiles")
+    on_cpu = any(r["cpu_utilization"] is not None for r in rows)
+    if on_cpu:
+        columns.append("CPU use")
     for name in columns:
         table.add_column(name, justify="left" if name in ("size", "device", "precision", "scan") else "right")
     notes = []
@@ -272,6 +279,9 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
                  f"{r['params']:,}", _num(r["macs_per_megapixel"] / 1e9)]
         if tiled:
             cells.insert(5, str(r["tiles_per_pair"]))
+        if on_cpu:
+            util = r["cpu_utilization"]
+            cells.append("-" if util is None else f"{100 * util:.0f} %")
         table.add_row(*cells)
     console.print(table)
     for note in notes:
