@@ -13,19 +13,39 @@ from diffmf_cli.metrics import gradient, statistics, structural, vif
 from diffmf_cli.metrics.convention import REFERENCE, Convention
 
 
+class Triple:
+    """The arrays of one evaluation, float64 (H, W) on 0..255, and what several metrics share (computed once)."""
+
+    __slots__ = ("F", "A", "B", "_moments")
+
+    def __init__(self, F: np.ndarray, A: np.ndarray, B: np.ndarray):
+        self.F, self.A, self.B = F, A, B
+        self._moments: statistics.Moments | None = None
+
+    @property
+    def moments(self) -> statistics.Moments:
+        if self._moments is None:
+            self._moments = statistics.Moments.of(self.F, self.A, self.B)
+        return self._moments
+
+
 @dataclass(frozen=True)
 class MetricSpec:
-    """`fn(F, A, B, convention) -> float`; `min_side(convention)` the smallest image side it is defined for."""
+    """`fn(triple, convention) -> float`; `min_side(convention)` the smallest image side it is defined for."""
 
     name: str
     higher_is_better: bool
     description: str
-    fn: Callable[[np.ndarray, np.ndarray, np.ndarray, Convention], float]
+    fn: Callable[[Triple, Convention], float]
     min_side: Callable[[Convention], int] = lambda conv: 1
 
     @property
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
+
+    def __call__(self, F: np.ndarray, A: np.ndarray, B: np.ndarray, convention: Convention = REFERENCE) -> float:
+        """The metric of one triple (no size check; see `compute_metrics`)."""
+        return float(self.fn(Triple(*(np.asarray(x, dtype=np.float64) for x in (F, A, B))), convention))
 
 
 def _spec(name, up, description, fn, min_side=lambda conv: 1) -> MetricSpec:
@@ -35,34 +55,34 @@ def _spec(name, up, description, fn, min_side=lambda conv: 1) -> MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     s.name: s
     for s in [
-        _spec("EN", True, "entropy of F (bits)", lambda F, A, B, c: statistics.entropy(F)),
-        _spec("SD", True, "standard deviation of F", lambda F, A, B, c: statistics.std_dev(F)),
-        _spec("SF", True, "spatial frequency of F", lambda F, A, B, c: statistics.spatial_frequency(F),
+        _spec("EN", True, "entropy of F (bits)", lambda t, c: statistics.entropy(t.F)),
+        _spec("SD", True, "standard deviation of F", lambda t, c: statistics.std_dev(t.F)),
+        _spec("SF", True, "spatial frequency of F", lambda t, c: statistics.spatial_frequency(t.F),
               lambda c: 2),
         _spec("AG", True, "average gradient of F",
-              lambda F, A, B, c: statistics.average_gradient(F, matlab=c.ag_matlab), lambda c: 2),
+              lambda t, c: statistics.average_gradient(t.F, matlab=c.ag_matlab), lambda c: 2),
         _spec("MI", True, "mutual information MI(F,A) + MI(F,B)",
-              lambda F, A, B, c: statistics.mutual_information(F, A, B, bits=c.mi_bits)),
+              lambda t, c: statistics.mutual_information(t.F, t.A, t.B, bits=c.mi_bits)),
         _spec("SCD", True, "sum of the correlations of differences",
-              lambda F, A, B, c: statistics.scd(F, A, B)),
+              lambda t, c: statistics.scd(t.F, t.A, t.B, t.moments)),
         _spec("VIF", True, "visual information fidelity VIF(A,F) + VIF(B,F)",
-              lambda F, A, B, c: vif.vif_fused(F, A, B), lambda c: vif.MIN_SIDE),
+              lambda t, c: vif.vif_fused(t.F, t.A, t.B), lambda c: vif.MIN_SIDE),
         _spec("Qabf", True, "edge information transferred (Xydeas-Petrovic)",
-              lambda F, A, B, c: gradient.qabf(F, A, B)),
+              lambda t, c: gradient.qabf(t.F, t.A, t.B)),
         _spec("SSIM", True, "structural similarity SSIM(F,A) + SSIM(F,B)",
-              lambda F, A, B, c: structural.ssim_fused(F, A, B, c.ssim_data_range, c.ssim_sum),
+              lambda t, c: structural.ssim_fused(t.F, t.A, t.B, c.ssim_data_range, c.ssim_sum),
               lambda c: structural.SSIM_WIN),
         _spec("CC", True, "correlation coefficient, mean of r(F,A), r(F,B)",
-              lambda F, A, B, c: statistics.correlation_coefficient(F, A, B)),
+              lambda t, c: statistics.correlation_coefficient(t.F, t.A, t.B, t.moments)),
         _spec("MSE", False, "mean squared error to the sources",
-              lambda F, A, B, c: statistics.mse(F, A, B)),
+              lambda t, c: statistics.mse(t.F, t.A, t.B, t.moments)),
         _spec("PSNR", True, "peak signal-to-noise ratio",
-              lambda F, A, B, c: statistics.psnr(F, A, B, peak_255=c.psnr_peak_255)),
-        _spec("Nabf", False, "fusion artifacts (Shreyamsha Kumar)", lambda F, A, B, c: gradient.nabf(F, A, B),
+              lambda t, c: statistics.psnr(t.F, t.A, t.B, peak_255=c.psnr_peak_255, moments=t.moments)),
+        _spec("Nabf", False, "fusion artifacts (Shreyamsha Kumar)", lambda t, c: gradient.nabf(t.F, t.A, t.B),
               lambda c: 2),
         _spec("MS-SSIM", True, "multi-scale structural similarity",
-              lambda F, A, B, c: structural.ms_ssim_standard(F, A, B) if c.msssim_standard
-              else structural.mef_ssim(F, A, B),
+              lambda t, c: structural.ms_ssim_standard(t.F, t.A, t.B) if c.msssim_standard
+              else structural.mef_ssim(t.F, t.A, t.B),
               lambda c: 161 if c.msssim_standard else 4 * structural.MEF_WIN),
     ]
 }
@@ -110,6 +130,7 @@ def compute_metrics(
     if F.ndim != 2 or F.shape != A.shape or F.shape != B.shape:
         raise ValueError(f"expected three (H, W) arrays of one shape, got {F.shape}, {A.shape}, {B.shape}")
     side = min(F.shape)
+    triple = Triple(F, A, B)
     values: dict[str, float] = {}
     warnings: list[str] = []
     for name in names:
@@ -120,5 +141,5 @@ def compute_metrics(
             warnings.append(f"{name} needs at least {need} px per side (image is {F.shape[1]}x{F.shape[0]})")
             continue
         with np.errstate(all="ignore"):
-            values[name] = float(spec.fn(F, A, B, convention))
+            values[name] = float(spec.fn(triple, convention))
     return values, warnings

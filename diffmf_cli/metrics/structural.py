@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from diffmf_cli.metrics.filters import box_valid, gaussian_1d, halve_2x2, sep_valid
+from diffmf_cli.metrics.filters import box_valid, gaussian_1d, halve_2x2, row_strips, sep_valid
 
 SSIM_WIN = 7
 MEF_WIN = 11
@@ -32,19 +32,29 @@ def _box_stats(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 def ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
     """scikit-image's ``structural_similarity(x, y, data_range=...)`` with its defaults: 7x7 uniform window,
     sample covariance (N/(N-1)), K1 = 0.01, K2 = 0.03, mean over the map with a 3-pixel border cropped."""
-    return _ssim_maps(x, *_box_stats(x, SSIM_WIN), [y], data_range)[0]
+    count = (x.shape[0] - SSIM_WIN + 1) * (x.shape[1] - SSIM_WIN + 1)
+    return _ssim_map_sums(x, *_box_stats(x, SSIM_WIN), [y], data_range)[0] / count
 
 
 def ssim_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray, data_range: float = 2.0, total: bool = True) -> float:
     """SSIM(F,A) + SSIM(F,B) (`total`) or their mean; NaN when a side is under 7 px."""
     if min(F.shape) < SSIM_WIN:
         return math.nan
-    mu_f, var_f = _box_stats(F, SSIM_WIN)
-    sa, sb = _ssim_maps(F, mu_f, var_f, [A, B], data_range)
+    sa = sb = 0.0
+    for r0, r1 in row_strips(F.shape[0], SSIM_WIN):  # strip by strip: intermediates stay in cache
+        f = F[r0:r1]
+        mu_f, var_f = _box_stats(f, SSIM_WIN)
+        a, b = _ssim_map_sums(f, mu_f, var_f, [A[r0:r1], B[r0:r1]], data_range)
+        sa += a
+        sb += b
+    count = (F.shape[0] - SSIM_WIN + 1) * (F.shape[1] - SSIM_WIN + 1)
+    sa /= count
+    sb /= count
     return sa + sb if total else 0.5 * (sa + sb)
 
 
-def _ssim_maps(x, mu_x, var_x, others, data_range) -> list[float]:
+def _ssim_map_sums(x, mu_x, var_x, others, data_range) -> list[float]:
+    """Sum of the SSIM map of x against each of `others` over the valid 7x7 windows."""
     n = SSIM_WIN * SSIM_WIN
     cov_norm = n / (n - 1.0)
     c1 = (0.01 * data_range) ** 2
@@ -55,7 +65,7 @@ def _ssim_maps(x, mu_x, var_x, others, data_range) -> list[float]:
         cov = box_valid(x * y, SSIM_WIN) - mu_x * mu_y
         num = (2.0 * mu_x * mu_y + c1) * (2.0 * cov_norm * cov + c2)
         den = (mu_x * mu_x + mu_y * mu_y + c1) * (cov_norm * (var_x + var_y) + c2)
-        out.append(float(np.mean(num / den)))
+        out.append(float((num / den).sum()))
     return out
 
 
@@ -77,33 +87,40 @@ def mef_ssim(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
     for level in range(3):
         if level:
             A, B, F = halve_2x2(A), halve_2x2(B), halve_2x2(F)
-        scores.append(_mef_ssim_level(A, B, F))
+        total = sum(_mef_ssim_map_sum(A[r0:r1], B[r0:r1], F[r0:r1]) for r0, r1 in row_strips(A.shape[0], MEF_WIN))
+        scores.append(total / ((A.shape[0] - MEF_WIN + 1) * (A.shape[1] - MEF_WIN + 1)))
     q = np.asarray(scores)
     if np.any(q < 0):
         return math.nan  # a negative score to a fractional power has no real value (MATLAB goes complex)
     return float(np.prod(q**MEF_WEIGHTS))
 
 
-def _mef_ssim_level(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
-    """Mean quality map of one scale (sources A, B; fused F; all centred), valid 11x11 windows.
+def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
+    """Sum of the quality map over the valid 11x11 windows of A, B, F (sources and fused, centred).
 
     Per window the MATLAB code builds a pseudo-reference patch r = s * sum_k c_k (I_k - mu_k) with
-    c_k = w_k / ed_k (structure-weighted, rescaled by s to the largest source strength) and scores
-    q = (2 cov(r, F) + C) / (var(r) + var(F) + C) with Gaussian weights. Since r is linear in the sources,
-    ||r||^2, var(r) and cov(r, F) are quadratic/linear forms in the sources' local (co)variances.
+    c_k = w_k / ed_k (structure weights w_k, strengths ed_k), rescaled by s to norm max(ed), and scores
+    q = (2 cov(r, F) + C) / (var(r) + var(F) + C) with Gaussian weights. r is linear in the sources, so with
+    t = c_B / c_A (the rescaling makes the common factor irrelevant):
+        ||r/s||^2 ~ n (var_A + t^2 var_B + 2 t cov_AB) over the box window,
+        var(r) = max(ed)^2 * (gvar_A + t^2 gvar_B + 2 t gcov_AB) / (n Q_box),
+        cov(r, F) = max(ed) * (gcov_AF + t gcov_BF) / sqrt(n Q_box)   (g: Gaussian-weighted).
     """
     k = MEF_WIN
     n = float(k * k)
+    AA, BB, AB = A * A, B * B, A * B
     # Box (uniform) statistics of each source over every 11x11 window; windows flat to rounding are flat.
-    mu_a, var_a = _box_stats(A, k)
-    mu_b, var_b = _box_stats(B, k)
+    mu_a = box_valid(A, k)
+    mu_b = box_valid(B, k)
+    var_a = box_valid(AA, k) - mu_a * mu_a
+    var_b = box_valid(BB, k) - mu_b * mu_b
+    cov_ab = box_valid(AB, k) - mu_a * mu_b
     live_a = var_a >= _FLAT
     live_b = var_b >= _FLAT
+    live_ab = live_a & live_b
     var_a *= live_a
     var_b *= live_b
-    cov_ab = box_valid(A * B, k)
-    cov_ab -= mu_a * mu_b
-    cov_ab *= live_a & live_b
+    cov_ab *= live_ab
     # Signal strengths ||x - mu|| (+ 0.001) and the structure consistency R -> exponent p of the weights.
     norm_a = np.sqrt(n * var_a)
     norm_b = np.sqrt(n * var_b)
@@ -113,32 +130,28 @@ def _mef_ssim_level(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     p = np.minimum(np.tan((0.5 * math.pi) * np.minimum(R, 1.0)), 10.0)
     ed_a = norm_a + 0.001
     ed_b = norm_b + 0.001
-    w_a = np.exp(p * np.log(ed_a / k)) + _EPS
-    w_b = np.exp(p * np.log(ed_b / k)) + _EPS
-    total = w_a + w_b
-    c_a = w_a / (total * ed_a)
-    c_b = w_b / (total * ed_b)
-    qa = c_a * c_a
-    qb = c_b * c_b
-    qab = 2.0 * c_a * c_b
-    # s^2 = max(ed)^2 / ||sum_k c_k (I_k - mu_k)||^2 (1 when that norm is 0: then every term below is 0)
-    norm_r_sq = n * (qa * var_a + qb * var_b + qab * cov_ab)
-    max_ed = np.maximum(ed_a, ed_b)
-    s2 = max_ed * max_ed / np.maximum(norm_r_sq, 1e-300)
+    c_a = (np.exp(p * np.log(ed_a * (1.0 / k))) + _EPS) / ed_a  # w_k = (ed_k / 11)^p + eps; c_k = w_k / ed_k
+    t = (np.exp(p * np.log(ed_b * (1.0 / k))) + _EPS) / ed_b
+    t /= c_a
+    q_box = n * (var_a + t * (t * var_b + 2.0 * cov_ab))
+    inv = 1.0 / np.maximum(q_box, 1e-300)  # 0 only where both sources are flat: every term below is 0 there
+    max_ed_sq = np.maximum(ed_a, ed_b)
+    max_ed_sq *= max_ed_sq
     # Gaussian-weighted (co)variances of the sources and F over the same windows.
     g = gaussian_1d(k, MEF_SIGMA)
     ga, gb, gf = sep_valid(A, g), sep_valid(B, g), sep_valid(F, g)
-    gvar_a = (sep_valid(A * A, g) - ga * ga) * live_a
-    gvar_b = (sep_valid(B * B, g) - gb * gb) * live_b
-    gcov_ab = (sep_valid(A * B, g) - ga * gb) * (live_a & live_b)
+    gvar_a = (sep_valid(AA, g) - ga * ga) * live_a
+    gvar_b = (sep_valid(BB, g) - gb * gb) * live_b
+    gcov_ab = (sep_valid(AB, g) - ga * gb) * live_ab
     gcov_af = (sep_valid(A * F, g) - ga * gf) * live_a
     gcov_bf = (sep_valid(B * F, g) - gb * gf) * live_b
     gvar_f = np.maximum(sep_valid(F * F, g) - gf * gf, 0.0)
-    sigma1_sq = np.maximum(s2 * (qa * gvar_a + qb * gvar_b + qab * gcov_ab), 0.0)
-    sigma12 = np.sqrt(s2) * (c_a * gcov_af + c_b * gcov_bf)
+    # var(r): clipped to [0, max(ed)^2], the bound the rescaled patch obeys (guards rounding in flat areas)
+    sigma1_sq = np.clip(max_ed_sq * (gvar_a + t * (t * gvar_b + 2.0 * gcov_ab)) * inv, 0.0, max_ed_sq)
+    sigma12 = np.sqrt(max_ed_sq * inv) * (gcov_af + t * gcov_bf)
     C = (MEF_K * 255.0) ** 2
     qmap = (2.0 * sigma12 + C) / (sigma1_sq + gvar_f + C)
-    return float(qmap.mean())
+    return float(qmap.sum())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from diffmf_cli.metrics.filters import gaussian_1d, sep_valid
+from diffmf_cli.metrics.filters import gaussian_1d, row_strips, sep_valid
 
 SIGMA_NSQ = 2.0
 EPS = 1e-10
@@ -33,17 +33,20 @@ def vif_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
         size = 2 ** (5 - scale) + 1
         win = gaussian_1d(size, size / 5.0)
         if scale > 1:
-            F = sep_valid(F, win)[::2, ::2]
-            sources = [sep_valid(x, win)[::2, ::2] for x in sources]
-        mu_f = sep_valid(F, win)
-        var_f = np.maximum(sep_valid(F * F, win) - mu_f * mu_f, 0.0)
-        for i, ref in enumerate(sources):
-            mu_r = sep_valid(ref, win)
-            var_r = np.maximum(sep_valid(ref * ref, win) - mu_r * mu_r, 0.0)
-            cov = sep_valid(ref * F, win) - mu_r * mu_f
-            n, d = _vif_terms(var_r, var_f, cov)
-            num[i] += n
-            den[i] += d
+            F = np.ascontiguousarray(sep_valid(F, win)[::2, ::2])
+            sources = [np.ascontiguousarray(sep_valid(x, win)[::2, ::2]) for x in sources]
+        for r0, r1 in row_strips(F.shape[0], size):  # strip by strip: intermediates stay in cache
+            f = F[r0:r1]
+            mu_f = sep_valid(f, win)
+            var_f = np.maximum(sep_valid(f * f, win) - mu_f * mu_f, 0.0)
+            for i, src in enumerate(sources):
+                ref = src[r0:r1]
+                mu_r = sep_valid(ref, win)
+                var_r = np.maximum(sep_valid(ref * ref, win) - mu_r * mu_r, 0.0)
+                cov = sep_valid(ref * f, win) - mu_r * mu_f
+                n, d = _vif_terms(var_r, var_f, cov)
+                num[i] += n
+                den[i] += d
     total = 0.0
     for n, d in zip(num, den):
         total += n / d if d > 0 else 1.0

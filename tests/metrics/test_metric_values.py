@@ -33,6 +33,11 @@ def scene(h: int, w: int, seed: int) -> np.ndarray:
     return np.clip(np.round(img), 0, 255)
 
 
+#: Qabf and Nabf run in float32 like the reference evaluator (the steep sigmoids amplify float32 rounding of
+#: their arguments to ~1e-6 relative); the rest in float64
+TOL = {"Qabf": 1e-6, "Nabf": 3e-6}
+
+
 @pytest.fixture(scope="module")
 def triple():
     A = scene(64, 72, 1)
@@ -51,7 +56,7 @@ def test_fast_matches_reference_code(triple, name):
     assert warnings == []
     expected = ref.REFERENCE_FUNCTIONS[name](F, A, B)
     assert math.isfinite(values[name])
-    assert values[name] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert values[name] == pytest.approx(expected, rel=TOL.get(name, 1e-9), abs=1e-12)
 
 
 def test_variants_match_reference_code(triple):
@@ -141,7 +146,7 @@ def test_qabf_identical_strong_edges_hand_value():
     img = np.zeros((20, 24))
     img[:, 12:] = 200.0
     values, _ = compute_metrics(img, img, img, ["Qabf", "Nabf", "SSIM", "CC", "SCD"])
-    assert values["Qabf"] == pytest.approx(0.9994 * 0.9879 / (1 + math.exp(-4.4)), rel=1e-12)
+    assert values["Qabf"] == pytest.approx(0.9994 * 0.9879 / (1 + math.exp(-4.4)), rel=1e-6)
     assert values["Nabf"] == 0.0  # F never has stronger edges than both sources
     assert values["SSIM"] == pytest.approx(2.0)
     assert values["CC"] == pytest.approx(1.0)
@@ -157,7 +162,7 @@ def test_nabf_edges_only_in_fused_hand_value():
     F[:, 10:] = 80.0
     q = math.sqrt(0.9999 / (1 + math.exp(19 * 0.5)) * 0.9995 / (1 + math.exp(22 * 0.5)))
     expected = (2 * 16) * (1 - q) * 0.002 / (16 * 20 * 0.002)
-    assert compute_metrics(F, A, B, ["Nabf"])[0]["Nabf"] == pytest.approx(expected, rel=1e-12)
+    assert compute_metrics(F, A, B, ["Nabf"])[0]["Nabf"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_vif_of_identical_images_is_two_and_flat_source_counts_one():
@@ -269,4 +274,4 @@ def test_real_tno_pair_fast_matches_reference_code(shared_data):
     F = np.round(np.maximum(A, B) * 0.5 + np.minimum(A, B) * 0.5)
     values, _ = compute_metrics(F, A, B)
     for name_, fn in ref.REFERENCE_FUNCTIONS.items():
-        assert values[name_] == pytest.approx(fn(F, A, B), rel=1e-8), name_
+        assert values[name_] == pytest.approx(fn(F, A, B), rel=TOL.get(name_, 1e-8)), name_
