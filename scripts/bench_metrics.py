@@ -74,8 +74,8 @@ def bench_triple(repeat: int, ref_repeat: int) -> dict:
     rows = {}
     for name in METRIC_NAMES:
         spec = METRICS[name]
-        fast = _timed(lambda: spec(F, A, B, REFERENCE), repeat)
-        slow = _timed(lambda: REFERENCE_FUNCTIONS[name](F, A, B), ref_repeat)
+        fast = _timed(lambda spec=spec: spec(F, A, B, REFERENCE), repeat)
+        slow = _timed(lambda ref=REFERENCE_FUNCTIONS[name]: ref(F, A, B), ref_repeat)
         rows[name] = {"fast_wall_s": fast[0], "fast_cpu_s": fast[1], "ref_wall_s": slow[0], "ref_cpu_s": slow[1]}
     whole = _timed(lambda: compute_metrics(F, A, B), repeat)
     ref12 = sum(rows[m]["ref_cpu_s"] for m in EVALUATOR_12)

@@ -38,7 +38,7 @@ def evaluate_command(
         help="A method's fused-image folder under a name; repeat to compare methods side by side.",
     ),
     metrics: Optional[str] = typer.Option(
-        None, "--metrics", "-m", help="Comma-separated subset, e.g. EN,SD,VIF,Qabf,SSIM [default: all 14]."
+        None, "--metrics", "-m", help="Comma-separated subset, e.g. EN,SD,VIF,Qabf,SSIM (default: all 14)."
     ),
     convention: str = typer.Option(
         "reference", "--convention", "-c",

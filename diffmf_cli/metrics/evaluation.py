@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -169,9 +168,8 @@ def _size(img: np.ndarray) -> str:
 
 
 def _init_worker() -> None:
-    # One process per core: keep OpenCV (and any BLAS) from starting threads of their own.
+    # One process per core: keep OpenCV from starting threads of its own.
     cv2.setNumThreads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _score_star(args) -> ImageResult:
