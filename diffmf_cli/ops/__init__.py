@@ -1,7 +1,7 @@
 """Maths that knows nothing of nn.Module: Mamba's selective scan on every device.
 
 `selective_scan` has mamba-ssm's `selective_scan_fn` argument layout; `selective_scan_ref` is the plain
-PyTorch specification. See `selective_scan.py` for how a path is chosen.
+PyTorch specification. See `selective_scan.py` (the module) for how a path is chosen.
 """
 
 from diffmf_cli.ops.reference import selective_scan_ref

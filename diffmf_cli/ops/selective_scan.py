@@ -164,6 +164,8 @@ def _validate(u, delta, A, B, C, D, z, delta_bias) -> None:
             ok = False
         if not ok:
             fail(f"{name} must be (batch, N, L) = {(batch, nstate, length)} or (batch, G, N, L) with G dividing D={dim}")
+    if (B.shape[1] if B.dim() == 4 else 1) != (C.shape[1] if C.dim() == 4 else 1):
+        fail("B and C must have the same number of groups G")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
             fail(f"{name} must be (D,) = ({dim},)")

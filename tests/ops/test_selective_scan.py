@@ -4,11 +4,17 @@ plus argument checking and path selection."""
 from __future__ import annotations
 
 import itertools
-import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from scan_cases import NAMES, compare_with_reference, make_inputs, rel_err  # noqa: E402
 
 from diffmf_cli.ops import (
     available_scan_paths,
@@ -18,67 +24,6 @@ from diffmf_cli.ops import (
     selective_scan_ref,
     use_scan_path,
 )
-
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def make_inputs(batch, dim, nstate, length, *, groups=None, softplus=False, with_z=True, with_d=True,
-                with_bias=True, dtype=torch.float32, seed=0):
-    """Random scan inputs. The effective step Δ (after bias and softplus) is log-uniform in [1e-3, 1] and
-    A is uniform in [-16, -0.1], the range the scan must survive without NaN or inf."""
-    g = torch.Generator().manual_seed(seed)
-    bc_shape = (batch, nstate, length) if groups is None else (batch, groups, nstate, length)
-    bias = torch.randn(dim, generator=g, dtype=torch.float64) * 0.5 if with_bias else None
-    step = torch.exp(torch.empty(batch, dim, length, dtype=torch.float64).uniform_(math.log(1e-3), 0.0, generator=g))
-    raw = torch.log(torch.expm1(step)) if softplus else step
-    if bias is not None:
-        raw = raw - bias[:, None]
-    x = dict(
-        u=torch.randn(batch, dim, length, generator=g, dtype=torch.float64),
-        delta=raw,
-        A=-(0.1 + 15.9 * torch.rand(dim, nstate, generator=g, dtype=torch.float64)),
-        B=torch.randn(*bc_shape, generator=g, dtype=torch.float64),
-        C=torch.randn(*bc_shape, generator=g, dtype=torch.float64),
-        D=torch.randn(dim, generator=g, dtype=torch.float64) if with_d else None,
-        z=torch.randn(batch, dim, length, generator=g, dtype=torch.float64) if with_z else None,
-        delta_bias=bias,
-    )
-    return {k: (v.to(dtype) if v is not None else None) for k, v in x.items()}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """‖a − b‖ / ‖b‖ over the whole tensor (0 when both are 0)."""
-    a, b = a.double(), b.double()
-    den = b.norm().item()
-    num = (a - b).norm().item()
-    return num / den if den > 0 else num
-
-
-def compare_with_reference(x, softplus, *, fwd_tol=1e-5, grad_tol=1e-4, path="cpu"):
-    """Run `path` on x and the reference on x in float64; compare outputs, last states and all gradients."""
-    fast = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in x.items()}
-    ref = {k: (v.detach().double().requires_grad_(True) if v is not None else None) for k, v in x.items()}
-    with use_scan_path(path):
-        y, last = selective_scan(**fast, delta_softplus=softplus, return_last_state=True)
-    assert last_scan_path() == path
-    y_ref, last_ref = selective_scan_ref(**ref, delta_softplus=softplus, return_last_state=True)
-    assert y.dtype == x["u"].dtype and y.shape == x["u"].shape
-    assert torch.isfinite(y).all() and torch.isfinite(last).all()
-    assert rel_err(y, y_ref) < fwd_tol, ("y", rel_err(y, y_ref))
-    assert rel_err(last, last_ref) < fwd_tol, ("last_state", rel_err(last, last_ref))
-
-    g = torch.Generator().manual_seed(1)
-    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
-    gl = torch.randn(last.shape, generator=g, dtype=torch.float64)
-    torch.autograd.backward([y, last], [gy.to(y.dtype), gl.to(last.dtype)])
-    torch.autograd.backward([y_ref, last_ref], [gy, gl])
-    for name in NAMES:
-        if x[name] is None:
-            continue
-        got, want = fast[name].grad, ref[name].grad
-        assert got is not None and got.shape == x[name].shape and got.dtype == x[name].dtype, name
-        assert torch.isfinite(got).all(), name
-        assert rel_err(got, want) < grad_tol, (name, rel_err(got, want))
 
 
 def _grid():
@@ -178,6 +123,7 @@ def _good():
         ("B", torch.zeros(2, 3, 4), "B must"),
         ("B", torch.zeros(2, 3, 3, 5), "B must"),  # 3 groups do not divide D = 4
         ("C", torch.zeros(1, 2, 3, 5), "C must"),
+        ("C", torch.zeros(2, 3, 5), "same number of groups"),  # B has 2 groups
         ("D", torch.zeros(3), "D must"),
         ("delta_bias", torch.zeros(4, 1), "delta_bias must"),
         ("z", torch.zeros(2, 4, 4), "z must"),
@@ -250,3 +196,21 @@ def test_unknown_or_unusable_paths(monkeypatch):
         with pytest.raises(ValueError, match="'cpu' needs CPU tensors"):
             resolve_scan_path("cuda")
     assert resolve_scan_path("cuda") in ("mamba", "triton", "reference")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the Triton kernel: Triton's interpreter must be switched on before triton is first imported, so its tests
+# (test_scan_triton.py) run in a fresh interpreter with TRITON_INTERPRET=1.
+
+
+def test_triton_kernel_in_interpreter_subprocess():
+    pytest.importorskip("triton", reason="triton is not installed")
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env.pop("DIFFMF_SCAN", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here / "test_scan_triton.py")],
+        cwd=here.parents[1], env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-2000:]
