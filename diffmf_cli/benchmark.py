@@ -279,19 +279,23 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def time_passes(step: Callable[[], object], sync: Callable[[], None], warmup: int, iters: int | None,
-                min_seconds: float = 2.0) -> list[float]:
+                min_seconds: float = 2.0, cpu_times: list[float] | None = None) -> list[float]:
     """Run `step` `warmup` times untimed, then timed: `iters` times, or (iters None) until at least
-    MIN_ITERS passes and `min_seconds` have gone by (at most MAX_ITERS). Returns each pass's seconds."""
+    MIN_ITERS passes and `min_seconds` have gone by (at most MAX_ITERS). Returns each pass's wall seconds;
+    each pass's process CPU seconds (all threads) go to `cpu_times` when given."""
     for _ in range(warmup):
         step()
     sync()
     times: list[float] = []
     while True:
         sync()
+        cpu = time.process_time()
         start = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - cpu)
         if iters is not None:
             if len(times) >= iters:
                 break
@@ -500,13 +504,10 @@ def measure(bench: BenchModel, size: tuple[int, int], batch: int, device: torch.
             with _autocast(device, dtype):
                 return bench.model(ir, vis)
 
-    cpu_start = time.process_time()
-    wall_start = time.perf_counter()
+    cpu_times: list[float] = []
     try:
         with _scan_context(scan), torch.inference_mode(), PeakMemory(device) as memory:
-            times = time_passes(step, sync, warmup, iters, min_seconds)
-            cpu_used = time.process_time() - cpu_start
-            wall_used = time.perf_counter() - wall_start
+            times = time_passes(step, sync, warmup, iters, min_seconds, cpu_times)
             scan_share = None
             if split_scan:
                 with scan_timer(device) as scans:
@@ -544,8 +545,9 @@ def measure(bench: BenchModel, size: tuple[int, int], batch: int, device: torch.
         "peak_memory_bytes": memory.peak_bytes,
         "memory_before_bytes": memory.before_bytes,
         "peak_memory_kind": memory.kind,
-        "cpu_utilization": (cpu_used / (wall_used * torch.get_num_threads())
-                            if device.type == "cpu" and wall_used > 0 else None),
+        "cpu_s_per_pair_p50": float(np.median(cpu_times)) / batch if device.type == "cpu" else None,
+        "cpu_utilization": (sum(cpu_times) / (sum(times) * torch.get_num_threads())
+                            if device.type == "cpu" and sum(times) > 0 else None),
     })
     if scan_share is not None:
         row["scan_ms_per_pair"] = scan_share[0] * 1e3 / batch
@@ -585,6 +587,7 @@ def _row_header(bench: BenchModel, size, batch, device, dtype, tile) -> dict:
         "peak_memory_bytes": None,
         "memory_before_bytes": None,
         "peak_memory_kind": None,
+        "cpu_s_per_pair_p50": None,
         "cpu_utilization": None,
         "params": bench.cost["params"],
         "macs_per_megapixel": bench.cost["macs_per_megapixel"],

@@ -200,8 +200,8 @@ def _header(result: dict) -> list[str]:
         lines.append("env:     " + " ".join(f"{k}={v}" for k, v in m["env"].items()))
     if load:
         lines.append(f"load:    {load[0]}/{load[1]}/{load[2]} (1/5/15 min) at start"
-                     + (f", {end[0]} at end" if end else "") + "; CPU use = process CPU time / (wall time × "
-                     "threads), low when other work holds the cores")
+                     + (f", {end[0]} at end" if end else "") + "; CPU-s = process CPU time (all threads), "
+                     "CPU use = CPU-s / (wall time × threads), low when other work holds the cores")
     lines.append(f"model:   {model['source']}")
     lines.append(f"         {model['params']:,} parameters; {model['macs_per_megapixel'] / 1e9:.2f} GMAC per "
                  f"megapixel (dense layers) + {model['scan_updates_per_megapixel'] / 1e9:.2f} G scan state "
@@ -266,7 +266,7 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
         columns.insert(5, "tiles")
     on_cpu = any(r["cpu_utilization"] is not None for r in rows)
     if on_cpu:
-        columns.append("CPU use")
+        columns += ["CPU-s/pair", "CPU use"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("size", "device", "precision", "scan") else "right")
     notes = []
@@ -281,7 +281,7 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
             cells.insert(5, str(r["tiles_per_pair"]))
         if on_cpu:
             util = r["cpu_utilization"]
-            cells.append("-" if util is None else f"{100 * util:.0f} %")
+            cells += [_num(r["cpu_s_per_pair_p50"], 3), "-" if util is None else f"{100 * util:.0f} %"]
         table.add_row(*cells)
     console.print(table)
     for note in notes:
