@@ -195,6 +195,7 @@ def scan_backward(
         dubuf = np.empty(CHUNK, dtype=A.dtype)
         ybuf = np.empty(CHUNK, dtype=A.dtype)  # C·h before skip and gate (only with z)
         gobuf = np.empty(CHUNK, dtype=A.dtype)  # gradient reaching C·h + D·u
+        ghbuf = np.empty((CHUNK, nstate), dtype=A.dtype)  # gradient w.r.t. the state after each step
         gh = np.empty(nstate, dtype=A.dtype)
         gA = np.empty(nstate, dtype=A.dtype)
         zero = _scalar(A, 0)
@@ -246,28 +247,45 @@ def scan_backward(
                 else:
                     for i in range(m):
                         gobuf[i] = gy_row[t0 + i]
-                # Reverse-time recurrence through the chunk.
+                # Reverse-time recurrence through the chunk: the state gradient alone. Loops touching few
+                # arrays each: LLVM vectorises a loop only when it can check every pair of arrays cheaply.
                 for i in range(m - 1, -1, -1):
+                    g_out = gobuf[i]
+                    ct = Ct[b, g, t0 + i]
+                    gi = ghbuf[i]
+                    ai = abuf[i]
+                    for n in range(nstate):
+                        ghn = gh[n] + g_out * ct[n]
+                        gi[n] = ghn
+                        gh[n] = ghn * ai[n]
+                # Then everything that is independent per step.
+                for i in range(m):
+                    t = t0 + i
+                    g_out = gobuf[i]
+                    du = dubuf[i]
+                    gBt = gB[t]
+                    gCt = gC[t]
+                    gi = ghbuf[i]
+                    hi = hbuf[i + 1]
+                    for n in range(nstate):
+                        gCt[n] += g_out * hi[n]
+                        gBt[n] += gi[n] * du
+                for i in range(m):
                     t = t0 + i
                     dt = dtbuf[i]
-                    du = dubuf[i]
                     ut = u_row[t]
                     g_out = gobuf[i]
                     bt = Bt[b, g, t]
-                    ct = Ct[b, g, t]
-                    gBt = gB[t]
-                    gCt = gC[t]
+                    gi = ghbuf[i]
+                    ai = abuf[i]
+                    hp = hbuf[i]
                     sum_gb = zero
                     sum_adt = zero
                     for n in range(nstate):
-                        ghn = gh[n] + g_out * ct[n]
-                        gCt[n] += g_out * hbuf[i + 1, n]
-                        gBt[n] += ghn * du
-                        sum_gb += ghn * bt[n]
-                        decay_term = ghn * abuf[i, n] * hbuf[i, n]
+                        decay_term = gi[n] * ai[n] * hp[n]  # d loss / d log(decay)
+                        sum_gb += gi[n] * bt[n]
                         sum_adt += a_row[n] * decay_term
                         gA[n] += dt * decay_term
-                        gh[n] = ghn * abuf[i, n]
                     gD_acc += g_out * ut
                     gu[b, d, t] = g_out * skip + dt * sum_gb
                     gdelta[b, d, t] = ut * sum_gb + sum_adt  # gradient w.r.t. Δ; chain rule below
