@@ -151,3 +151,15 @@ def test_sigterm_in_a_real_process_checkpoints_and_exits_130(tmp_path):
     assert "stopped early (signal SIGTERM)" in out
     step = load_checkpoint(RunFiles(run).checkpoint)["step"]
     assert 1 <= step < 100000
+
+
+def test_threads_also_sizes_numbas_pool_before_numba_loads(monkeypatch):
+    from diffmf_cli.cli import train as train_cli
+
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.delitem(sys.modules, "numba", raising=False)
+    train_cli._limit_numba_pool(1)
+    assert os.environ["NUMBA_NUM_THREADS"] == "1"
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")  # the user's own setting wins
+    train_cli._limit_numba_pool(1)
+    assert os.environ["NUMBA_NUM_THREADS"] == "2"
