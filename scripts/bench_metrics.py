@@ -119,6 +119,11 @@ def bench_folder(count: int, jobs: int) -> dict:
         results = score_tasks(plan.tasks, METRIC_NAMES, REFERENCE, jobs=jobs)
         in_process = time.perf_counter() - t0
         assert len(results) == count and not any(r.errors for r in results)
+        # CPU seconds per triple, reading included, in this process (what each worker spends per triple)
+        sample = plan.tasks[: min(10, count)]
+        c0 = time.process_time()
+        score_tasks(sample, METRIC_NAMES, REFERENCE, jobs=1)
+        cpu_per_triple = (time.process_time() - c0) / len(sample)
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "diffmf_cli", "evaluate", str(root / "fused"), str(root / "ir"),
@@ -128,7 +133,8 @@ def bench_folder(count: int, jobs: int) -> dict:
         cli = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"diffmf evaluate failed: {proc.stderr.strip()}")
-    return {"images": count, "jobs": jobs, "score_wall_s": in_process, "cli_wall_s": cli}
+    return {"images": count, "jobs": jobs, "score_wall_s": in_process, "cli_wall_s": cli,
+            "cpu_per_triple_s": cpu_per_triple, "idle_projection_s": count * cpu_per_triple / jobs}
 
 
 def main() -> None:
@@ -160,7 +166,8 @@ def main() -> None:
         out["folder"] = fold
         print(f"folder: {fold['images']} triples 480x640, --jobs {fold['jobs']}, reading included: "
               f"{fold['score_wall_s']:.2f} s (plan + score), {fold['cli_wall_s']:.2f} s (diffmf evaluate "
-              f"subprocess, JSON out)")
+              f"subprocess, JSON out); {fold['cpu_per_triple_s'] * 1e3:.0f} ms CPU per triple with reading, so "
+              f"{fold['idle_projection_s']:.1f} s on {fold['jobs']} otherwise idle cores")
     info["load_avg_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

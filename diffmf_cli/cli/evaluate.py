@@ -96,6 +96,9 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
     plan = plan_evaluation(methods, ir_dir, vis_dir, recursive)
     for line in plan.errors:
         err.print(f"diffmf evaluate: error: {line}", markup=False)
+    if plan.skipped_sources and not quiet:
+        err.print(f"note: {plan.skipped_sources} source pair(s) have no fused image and are not scored",
+                  markup=False)
     if not plan.tasks and not plan.errors:
         raise UsageError(f"nothing to evaluate: no fused image has a source pair in {ir_dir} and {vis_dir}")
 

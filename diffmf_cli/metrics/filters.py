@@ -48,15 +48,17 @@ def halve_2x2(img: np.ndarray) -> np.ndarray:
     return 0.25 * (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2])
 
 
-#: Output rows per strip for metrics computed strip by strip: every intermediate of a 24-row strip of a
-#: 640-px-wide image stays in cache, which makes the dozens of element-wise passes ~2x cheaper than on
-#: whole images (the filters recompute window-1 halo rows per strip; that costs less than it saves).
-STRIP_ROWS = 24
+#: Elements per strip for metrics computed strip by strip: every intermediate of a strip of ~16k pixels
+#: (24 rows of a 640-px-wide image) stays in cache, which makes the dozens of element-wise passes ~2x
+#: cheaper than on whole images (the filters recompute window-1 halo rows per strip; that costs less).
+STRIP_PIXELS = 16384
 
 
-def row_strips(height: int, window: int, rows: int = STRIP_ROWS):
+def row_strips(height: int, window: int, width: int):
     """Input row ranges (r0, r1) whose 'valid' filtering by a window-tall kernel gives output rows
-    r0 .. r1 - window, in strips of `rows` output rows that together cover all height - window + 1."""
+    r0 .. r1 - window, in strips of about STRIP_PIXELS outputs (16 to 64 rows) that together cover all
+    height - window + 1 output rows."""
+    rows = max(16, min(64, STRIP_PIXELS // max(width, 1)))
     out_h = height - window + 1
     for r0 in range(0, out_h, rows):
         yield r0, min(r0 + rows, out_h) + window - 1

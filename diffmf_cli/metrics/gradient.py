@@ -80,7 +80,7 @@ def qabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
     """Qabf = sum(Q_AF g_A + Q_BF g_B) / sum(g_A + g_B) (weights L = 1). NaN when both sources are flat."""
     pa, pb, pf = (_padded(x, cv2.BORDER_CONSTANT) for x in (A, B, F))
     num = den = 0.0
-    for r0, r1 in row_strips(pa.shape[0], 3):  # strip by strip: intermediates stay in cache
+    for r0, r1 in row_strips(pa.shape[0], 3, pa.shape[1]):  # strip by strip: intermediates stay in cache
         g_a, a_a = _qabf_strength_angle(pa[r0:r1])
         g_b, a_b = _qabf_strength_angle(pb[r0:r1])
         g_f, a_f = _qabf_strength_angle(pf[r0:r1])
@@ -165,7 +165,7 @@ def nabf(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
         return math.nan
     pa, pb, pf = (_padded(x, cv2.BORDER_REFLECT_101) for x in (A, B, F))
     num = den = 0.0
-    for r0, r1 in row_strips(pa.shape[0], 3):  # strip by strip: intermediates stay in cache
+    for r0, r1 in row_strips(pa.shape[0], 3, pa.shape[1]):  # strip by strip: intermediates stay in cache
         sq_a, g_a, a_a = _nabf_edges(pa[r0:r1])
         sq_b, g_b, a_b = _nabf_edges(pb[r0:r1])
         sq_f, g_f, a_f = _nabf_edges(pf[r0:r1])

@@ -41,7 +41,7 @@ def ssim_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray, data_range: float = 
     if min(F.shape) < SSIM_WIN:
         return math.nan
     sa = sb = 0.0
-    for r0, r1 in row_strips(F.shape[0], SSIM_WIN):  # strip by strip: intermediates stay in cache
+    for r0, r1 in row_strips(F.shape[0], SSIM_WIN, F.shape[1]):  # strip by strip: intermediates stay in cache
         f = F[r0:r1]
         mu_f, var_f = _box_stats(f, SSIM_WIN)
         a, b = _ssim_map_sums(f, mu_f, var_f, [A[r0:r1], B[r0:r1]], data_range)
@@ -87,7 +87,8 @@ def mef_ssim(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
     for level in range(3):
         if level:
             A, B, F = halve_2x2(A), halve_2x2(B), halve_2x2(F)
-        total = sum(_mef_ssim_map_sum(A[r0:r1], B[r0:r1], F[r0:r1]) for r0, r1 in row_strips(A.shape[0], MEF_WIN))
+        strips = row_strips(A.shape[0], MEF_WIN, A.shape[1])  # strip by strip: intermediates stay in cache
+        total = sum(_mef_ssim_map_sum(A[r0:r1], B[r0:r1], F[r0:r1]) for r0, r1 in strips)
         scores.append(total / ((A.shape[0] - MEF_WIN + 1) * (A.shape[1] - MEF_WIN + 1)))
     q = np.asarray(scores)
     if np.any(q < 0):

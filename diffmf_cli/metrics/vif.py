@@ -35,7 +35,7 @@ def vif_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
         if scale > 1:
             F = np.ascontiguousarray(sep_valid(F, win)[::2, ::2])
             sources = [np.ascontiguousarray(sep_valid(x, win)[::2, ::2]) for x in sources]
-        for r0, r1 in row_strips(F.shape[0], size):  # strip by strip: intermediates stay in cache
+        for r0, r1 in row_strips(F.shape[0], size, F.shape[1]):  # strip by strip: intermediates stay in cache
             f = F[r0:r1]
             mu_f = sep_valid(f, win)
             var_f = np.maximum(sep_valid(f * f, win) - mu_f * mu_f, 0.0)
