@@ -232,3 +232,35 @@ def test_report_is_self_contained_with_sheet_and_charts(dataset, tmp_path):
     assert (rep / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (rep / "charts").iterdir()) == ["EN.png", "Nabf.png", "SSIM.png"]
     assert "class='best'" in page
+
+
+def test_recursive_pairs_by_relative_stem(dataset):
+    for d in ("ir", "vis", "fused_a"):
+        sub = dataset / d / "night"
+        sub.mkdir()
+        for f in (dataset / d).glob("a.*"):
+            (sub / f.name).write_bytes(f.read_bytes())
+    flat = _invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-m", "EN", "-f", "json")
+    deep = _invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-m", "EN", "-f", "json", "-r")
+    assert set(json.loads(flat.stdout)["per_image"]) == {"a", "b", "c"}
+    per_image = json.loads(deep.stdout)["per_image"]
+    assert set(per_image) == {"a", "b", "c", "night/a"}
+    assert per_image["night/a"] == per_image["a"]
+
+
+def test_real_tno_images_two_jobs(shared_data, tmp_path):
+    ir_dir, vis_dir = shared_data / "tno" / "test" / "ir", shared_data / "tno" / "test" / "vi"
+    fused = tmp_path / "avg"
+    fused.mkdir()
+    names = sorted(p.name for p in ir_dir.iterdir())[:3]
+    for name in names:
+        a = read_for_metrics(ir_dir / name)[0]
+        b = read_for_metrics(vis_dir / name)[0]
+        cv2.imwrite(str(fused / name), np.round((a + b) / 2).astype(np.uint8))
+    res = _invoke(fused, ir_dir, vis_dir, "-f", "json", "-j", "2", "--report", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert set(doc["per_image"]) == {Path(n).stem for n in names}
+    assert all(s["n"] == 3 and s["excluded"] == 0 for s in doc["summary"].values())
+    assert "source pair(s) have no fused image" in res.stderr  # the rest of tno/test is not scored
+    assert (tmp_path / "rep" / "index.html").is_file()
