@@ -118,10 +118,9 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     cov_ab = box_valid(AB, k) - mu_a * mu_b
     live_a = var_a >= _FLAT
     live_b = var_b >= _FLAT
-    live_ab = live_a & live_b
     var_a *= live_a
     var_b *= live_b
-    cov_ab *= live_ab
+    cov_ab *= live_a & live_b
     # Signal strengths ||x - mu|| (+ 0.001) and the structure consistency R -> exponent p of the weights.
     norm_a = np.sqrt(n * var_a)
     norm_b = np.sqrt(n * var_b)
@@ -135,17 +134,19 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     t = (np.exp(p * np.log(ed_b * (1.0 / k))) + _EPS) / ed_b
     t /= c_a
     q_box = n * (var_a + t * (t * var_b + 2.0 * cov_ab))
-    inv = 1.0 / np.maximum(q_box, 1e-300)  # 0 only where both sources are flat: every term below is 0 there
+    # 1 / (n Q_box); Q_box is 0 only where both sources are flat, where r = 0: var(r) = cov(r, F) = 0
+    inv = (live_a | live_b) / np.maximum(q_box, 1e-300)
     max_ed_sq = np.maximum(ed_a, ed_b)
     max_ed_sq *= max_ed_sq
-    # Gaussian-weighted (co)variances of the sources and F over the same windows.
+    # Gaussian-weighted (co)variances of the sources and F over the same windows. Where one source is flat
+    # its (co)variances are rounding noise (~1e-11), weighted far below the other source's or swamped by C.
     g = gaussian_1d(k, MEF_SIGMA)
     ga, gb, gf = sep_valid(A, g), sep_valid(B, g), sep_valid(F, g)
-    gvar_a = (sep_valid(AA, g) - ga * ga) * live_a
-    gvar_b = (sep_valid(BB, g) - gb * gb) * live_b
-    gcov_ab = (sep_valid(AB, g) - ga * gb) * live_ab
-    gcov_af = (sep_valid(A * F, g) - ga * gf) * live_a
-    gcov_bf = (sep_valid(B * F, g) - gb * gf) * live_b
+    gvar_a = sep_valid(AA, g) - ga * ga
+    gvar_b = sep_valid(BB, g) - gb * gb
+    gcov_ab = sep_valid(AB, g) - ga * gb
+    gcov_af = sep_valid(A * F, g) - ga * gf
+    gcov_bf = sep_valid(B * F, g) - gb * gf
     gvar_f = np.maximum(sep_valid(F * F, g) - gf * gf, 0.0)
     # var(r): clipped to [0, max(ed)^2], the bound the rescaled patch obeys (guards rounding in flat areas)
     sigma1_sq = np.clip(max_ed_sq * (gvar_a + t * (t * gvar_b + 2.0 * gcov_ab)) * inv, 0.0, max_ed_sq)

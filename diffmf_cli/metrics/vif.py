@@ -54,24 +54,28 @@ def vif_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> float:
 
 
 def _vif_terms(sigma1_sq: np.ndarray, sigma2_sq: np.ndarray, sigma12: np.ndarray) -> tuple[float, float]:
-    """One scale's numerator and denominator sums, with the reference's clamping rules.
+    """One scale's numerator and denominator sums (natural log), with the reference's clamping rules.
 
     The reference assigns through masks in this order: g = sigma12 / (sigma1^2 + eps), sv^2 = sigma2^2 - g
     sigma12; where sigma1^2 < eps: g = 0, sv^2 = sigma2^2, sigma1^2 = 0; where sigma2^2 < eps: g = 0,
     sv^2 = 0; where g < 0: sv^2 = sigma2^2, g = 0; finally sv^2 >= eps. Wherever g ends at 0 the numerator
     term is log10(1) = 0 whatever sv^2 is, so only g > 0 needs sv^2 = max(sigma2^2 - g sigma12, eps).
     """
-    keep = (sigma1_sq >= EPS) & (sigma2_sq >= EPS)
-    g = sigma12 / (sigma1_sq + EPS)
+    live1 = sigma1_sq >= EPS
+    g = sigma1_sq + EPS
+    np.divide(sigma12, g, out=g)
     np.maximum(g, 0.0, out=g)
-    g *= keep
-    sv_sq = sigma2_sq - g * sigma12
+    g *= live1 & (sigma2_sq >= EPS)
+    sv_sq = g * sigma12
+    np.subtract(sigma2_sq, sv_sq, out=sv_sq)
     np.maximum(sv_sq, EPS, out=sv_sq)
     sv_sq += SIGMA_NSQ
-    s1 = sigma1_sq * (sigma1_sq >= EPS)
+    s1 = sigma1_sq * live1
     g *= g
     g *= s1
     g /= sv_sq
-    num = float(np.log10(1.0 + g).sum())
-    den = float(np.log10(1.0 + s1 * (1.0 / SIGMA_NSQ)).sum())
+    # natural logs: the reference's log10 is the same up to a factor 1/ln 10 that cancels in num / den
+    num = float(np.log1p(g, out=g).sum())
+    s1 *= 1.0 / SIGMA_NSQ
+    den = float(np.log1p(s1, out=s1).sum())
     return num, den

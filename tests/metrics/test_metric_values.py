@@ -93,6 +93,14 @@ def test_mef_ssim_odd_sizes_match_reference_code():
     assert structural.mef_ssim(F, A, B) == pytest.approx(ref.mef_ssim_ref(F, A, B), rel=1e-9)
 
 
+def test_mef_ssim_with_one_flat_source_region_matches_reference_code():
+    # a large flat area in A only: windows where one source is flat and the other is not
+    A, B = scene(60, 64, 14), scene(60, 64, 15)
+    A[10:40, 20:56] = 120.0
+    F = np.round(0.5 * A + 0.5 * B)
+    assert structural.mef_ssim(F, A, B) == pytest.approx(ref.mef_ssim_ref(F, A, B), rel=1e-9)
+
+
 # --- independent libraries ------------------------------------------------------------------------------
 
 
