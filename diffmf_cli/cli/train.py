@@ -2,7 +2,8 @@
 
 Settings come from, in rising priority: built-in defaults, a TOML file (``--config``), the command line.
 A run folder (``--out``) holds everything (see ``diffmf_cli.training.loop``); ``--resume`` continues it with
-the settings stored there. When a run finishes, its EMA weights are exported to ``RUN_DIR/model.safetensors``.
+the settings stored there. When a session ends (finished, out of time, or stopped by a signal) the EMA weights of
+its last checkpoint are exported to ``RUN_DIR/model.safetensors`` (the metadata records the step).
 Progress goes to stderr (a bar on a terminal, one line per checkpoint otherwise); the summary to stdout.
 """
 
@@ -251,17 +252,20 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
         raise UsageError(f"--max-minutes must be positive, got {max_minutes}")
 
     reporter = _Reporter(err)
+    files = RunFiles(run_dir)
     try:
         result = train(settings, run_dir, resume=resume, max_minutes=max_minutes, report=reporter)
     finally:
         reporter.close()
-    files = RunFiles(run_dir)
+    if name:
+        files.name.write_text(name + "\n")
     stdout.print(f"run {files.dir}: step {result.step}/{result.total_steps}, "
                  f"{result.wall_time_s / 60:.1f} min of training in all"
                  + (f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""), markup=False)
+    # The EMA weights of the last checkpoint, finished or not (the metadata records the step).
+    export_run(run_dir, files.model)
+    stdout.print(f"EMA weights (step {result.step}): {files.model}", markup=False)
     if result.finished:
-        export_run(run_dir, files.model, name=name)
-        stdout.print(f"EMA weights: {files.model}", markup=False)
         return 0
     stdout.print(f"stopped early ({result.stopped_by}); continue with: diffmf train --out {files.dir} --resume",
                  markup=False)

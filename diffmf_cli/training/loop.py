@@ -173,6 +173,7 @@ class RunFiles:
         self.log = self.dir / "log.jsonl"
         self.plot = self.dir / "curves.png"
         self.model = self.dir / "model.safetensors"
+        self.name = self.dir / "name.txt"
 
 
 def read_settings(run_dir: str | Path) -> TrainSettings:
@@ -307,10 +308,7 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
 
 def plot_curves(log_path: Path, png_path: Path) -> None:
     """Loss terms (left) and validation values (right) against step, from ``log.jsonl``, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, renders with Agg
 
     train, val = [], []
     for line in log_path.read_text().splitlines():
@@ -321,10 +319,13 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         (val if row.get("kind") == "val" else train).append(row)
     if not train:
         return
-    val_keys = sorted({k for r in val for k in r if k.startswith("val_")})
-    ncols = 2 if val_keys else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
-    ax = axes[0, 0]
+    val_keys = sorted({k for r in val for k in r if k.startswith("val_")},
+                      key=lambda k: (k != "val_loss", k))
+    # Training loss on the left (both rows); one small panel per validation value on the right.
+    vcols = (len(val_keys) + 1) // 2
+    fig = Figure(figsize=(6 + 2.6 * vcols, 4.6))
+    grid = fig.add_gridspec(2, 1 + vcols, width_ratios=[2.4] + [1] * vcols)
+    ax = fig.add_subplot(grid[:, 0])
     steps = [r["step"] for r in train]
     ax.plot(steps, [r["loss"] for r in train], label="loss", color="black")
     ax.set_xlabel("step")
@@ -337,24 +338,15 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     twin.set_ylabel("terms (unweighted)")
     lines = ax.get_lines() + twin.get_lines()
     ax.legend(lines, [l.get_label() for l in lines], loc="upper right", fontsize=8)
-    if val_keys:
-        ax = axes[0, 1]
-        for key in val_keys:
-            pts = [(r["step"], r[key]) for r in val if key in r]
-            if key == "val_loss":
-                ax2 = ax.twinx()
-                ax2.plot(*zip(*pts), color="black", marker="o", markersize=3, label="val_loss")
-                ax2.set_ylabel("validation loss")
-            else:
-                ax.plot(*zip(*pts), marker="o", markersize=3, label=key[4:])
-        ax.set_xlabel("step")
-        ax.set_title("validation")
-        ax.grid(alpha=0.3)
-        if len(val_keys) > 1 or "val_loss" not in val_keys:
-            ax.legend(fontsize=8, loc="upper left")
+    for i, key in enumerate(val_keys):
+        pts = [(r["step"], r[key]) for r in val if key in r]
+        vax = fig.add_subplot(grid[i % 2, 1 + i // 2])
+        vax.plot(*zip(*pts), marker="o", markersize=3, color="tab:purple")
+        vax.set_title(f"val {key[4:]}", fontsize=9)
+        vax.tick_params(labelsize=7)
+        vax.grid(alpha=0.3)
     fig.tight_layout()
     _atomic_bytes(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -459,7 +451,7 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
         state = {
             "format": CHECKPOINT_FORMAT, "step": at_step, "wall_time_s": wall,
             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "threads": torch.get_num_threads(),
             "data_order": {"seed": settings.seed, "next_step": at_step},
             "settings": json.dumps(settings.to_dict(), sort_keys=True),
         }
@@ -578,6 +570,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
             if row.get("kind") == "val" and row.get("step", 0) <= ckpt["step"]:
                 last_val = row
     data = json.loads(files.data.read_text()) if files.data.is_file() else {}
+    if name is None and files.name.is_file():
+        name = files.name.read_text().strip() or None
     meta = {
         "name": name or f"diffmf-{settings.task}-{settings.preset}",
         "task": settings.task,
@@ -590,7 +584,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
             "data": [{"source": s["source"], "pairs": len(s["pairs"]), "weight": s["weight"]}
                      for s in data.get("sources", [])],
             "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
+                        "threads": int(ckpt.get("threads", 0)) or None},
         },
         "validation": last_val,
         "metrics": metrics or {},

@@ -93,10 +93,13 @@ def test_time_budget_then_resume(tmp_path):
     assert res.exit_code == 0, res.output
     assert "stopped early (time budget)" in res.stdout and "--resume" in res.stdout
     assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 1
-    assert not RunFiles(run).model.exists()
-    res = _run("--out", run, "--resume", "--threads", "1")
+    assert load_weights(RunFiles(run).model)[1]["training"]["steps"] == 1  # exported at the stop
+    res = _run("--out", run, "--resume", "--threads", "1", "--name", "later")
     assert res.exit_code == 0, res.output
-    assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 3 and RunFiles(run).model.is_file()
+    assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 3
+    meta = load_weights(RunFiles(run).model)[1]
+    assert meta["training"]["steps"] == 3 and meta["name"] == "later"
+    assert meta["training"]["machine"]["threads"] == 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -149,6 +152,7 @@ def test_sigterm_in_a_real_process_checkpoints_and_exits_130(tmp_path):
             proc.wait()
     assert proc.returncode == 130, err
     assert "stopped early (signal SIGTERM)" in out
+    assert load_weights(RunFiles(run).model)[1]["training"]["steps"] >= 1
     step = load_checkpoint(RunFiles(run).checkpoint)["step"]
     assert 1 <= step < 100000
 
