@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from diffmf_cli.errors import InputError, UsageError
-from diffmf_cli.io.images import read_image, rgb_to_ycrcb, to_float, to_gray
+from diffmf_cli.io.images import is_gray, read_image, rgb_to_ycrcb, to_float, to_gray
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
 
 
@@ -116,9 +116,10 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def luminance(vis_raw: np.ndarray) -> np.ndarray:
-    """Raw visible crop -> float32 (H, W) Y in [0, 1] (OpenCV YCrCb on float RGB; gray is its own Y)."""
-    if vis_raw.ndim == 2:
-        return to_float(vis_raw)
+    """Raw visible crop -> float32 (H, W) Y in [0, 1]: OpenCV YCrCb on float RGB, and a gray (or R=G=B)
+    image is its own Y, exactly as ``diffmf_cli.fusion`` prepares the visible input at inference."""
+    if is_gray(vis_raw):
+        return to_float(to_gray(vis_raw))
     return rgb_to_ycrcb(to_float(vis_raw))[0]
 
 
