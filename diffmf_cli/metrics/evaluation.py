@@ -10,6 +10,7 @@ import math
 import multiprocessing
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -202,8 +203,12 @@ def score_tasks(
                              initializer=_init_worker) as pool:
         futures = {pool.submit(_score_star, (task, names, convention)): i for i, task in enumerate(tasks)}
         for fut in as_completed(futures):
-            res = fut.result()
-            out[futures[fut]] = res
+            i = futures[fut]
+            try:
+                res = fut.result()
+            except BrokenProcessPool as exc:  # a worker died (killed, out of memory): say so per image
+                res = ImageResult(tasks[i].name, errors=[f"{tasks[i].name}: worker process died ({exc})"])
+            out[i] = res
             if on_done:
                 on_done(res)
     return [r for r in out if r is not None]
