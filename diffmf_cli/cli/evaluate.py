@@ -133,6 +133,9 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
     notes = []
     if any(r.sixteen_bit for r in results):
         notes.append("16-bit inputs were scaled to 0..255 (and rounded) before scoring")
+    if fmt == "csv" and not quiet:
+        for note in notes:  # the table and JSON carry their notes; CSV has no place for them
+            err.print(f"note: {note}", markup=False)
     doc = build_document(plan.methods, results, names, conv, notes)
     text = render(doc, names, fmt, per_image)
     if output is not None:
