@@ -25,7 +25,7 @@ from diffmf_cli.errors import DiffMFError, UsageError
 # Settings that a TOML file may hold at its top level (TrainSettings fields, in TOML's spelling).
 _SCALAR_KEYS = ("task", "preset", "steps", "batch_size", "crop", "lr", "schedule", "warmup_steps",
                 "min_lr_ratio", "weight_decay", "grad_clip", "ema_decay", "seed", "checkpoint_every",
-                "log_every", "val_every", "val_max_pairs", "val_crop")
+                "log_every", "val_every", "val_max_pairs", "val_crop", "val_holdout")
 _SESSION_KEYS = ("max_minutes", "threads", "out")
 
 
@@ -98,8 +98,8 @@ def train_command(
     pairs: List[Path] = typer.Option([], "--pairs", help="CSV pair list (rows ir,vis), one more source; "
                                      "repeatable.", show_default=False),
     source_weight: List[float] = typer.Option([], "--source-weight", help="Sampling weight of each source, in "
-                                              "order (--ir/--vis sources, then --pairs) [default: sqrt of "
-                                              "pixel count].", show_default=False),
+                                              "order (--ir/--vis sources, then --pairs) (default sqrt of "
+                                              "pixel count).", show_default=False),
     task: Optional[str] = typer.Option(None, "--task", help="ir-vis (default) or medical: picks the loss "
                                        "and the default crop."),
     medical: bool = typer.Option(False, "--medical", help="Same as --task medical."),
@@ -107,31 +107,33 @@ def train_command(
     model_option: List[str] = typer.Option([], "--model-option", help="KEY=VALUE override of the preset's "
                                            "config (e.g. use_guidance=false); repeatable.", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoint, logs, plot, weights)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps in all [default: 10000]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step [default: 8]."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size [default: 128 ir-vis, 64 medical]."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) [default: 2e-4]."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps in all (default 10000)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 8)."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Crop size (default 128 ir-vis, 64 medical)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) (default 2e-4)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or constant, after "
                                            "warmup."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup [default: 100]."),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay [default: 0.999]."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup (default 100)."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="EMA decay (default 0.999)."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Max gradient norm, 0 = off "
-                                              "[default: 1.0]."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and data order [default: 0]."),
+                                              "(default 1.0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and data order (default 0)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between "
-                                                   "checkpoints [default: 200]."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per log line [default: 10]."),
+                                                   "checkpoints (default 200)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per log line (default 10)."),
     val_ir: List[Path] = typer.Option([], "--val-ir", help="Validation IR folder (repeatable, with --val-vis).",
                                       show_default=False),
     val_vis: List[Path] = typer.Option([], "--val-vis", help="Validation visible folder.", show_default=False),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Steps between validations "
-                                            "[default: 500]."),
+                                            "(default 500)."),
+    val_holdout: Optional[int] = typer.Option(None, "--val-holdout", help="Hold N training pairs out (chosen "
+                                              "by name hash) and validate on them (default 0)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
                                           "(command-line options win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (after a "
                                                 "checkpoint) after this many minutes; --resume continues."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default torch's)."),
     export: Optional[Path] = typer.Option(None, "--export", help="Export RUN_DIR's EMA weights (to -o) "
                                           "instead of training."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --export: the .safetensors file."),
@@ -151,6 +153,7 @@ def train_command(
                 "batch_size": batch_size, "crop": crop, "lr": lr, "schedule": schedule,
                 "warmup_steps": warmup_steps, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
                 "checkpoint_every": checkpoint_every, "log_every": log_every, "val_every": val_every,
+                "val_holdout": val_holdout,
             }
             if medical and task not in (None, "medical"):
                 raise UsageError(f"--medical contradicts --task {task}")

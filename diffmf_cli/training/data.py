@@ -190,6 +190,30 @@ def load_sources(specs: list[SourceSpec], crop: int) -> tuple[list[list[PairImag
     return images, listed
 
 
+def hold_out(images: list[list[PairImages]], listed: list[list[Pair]], n: int):
+    """Take ``n`` pairs out of the training sources for validation.
+
+    One at a time from the source with the most pairs left (so small sources keep theirs), the pair with the
+    smallest SHA-1 of its name first: the choice depends on the names only. Every source keeps at least one
+    pair. Returns ``(images, listed, held)`` with ``held`` the removed PairImages.
+    """
+    images = [list(src) for src in images]
+    listed = [list(src) for src in listed]
+    order = [sorted(range(len(src)), key=lambda i, src=src: hashlib.sha1(src[i].name.encode()).hexdigest())
+             for src in images]
+    taken: list[set[int]] = [set() for _ in images]
+    for _ in range(n):
+        left = [len(src) - len(t) for src, t in zip(images, taken)]
+        k = max(range(len(images)), key=lambda j: (left[j], -j))
+        if left[k] <= 1:
+            raise UsageError(f"cannot hold out {n} validation pairs: every source must keep one training pair")
+        taken[k].add(next(i for i in order[k] if i not in taken[k]))
+    held = [images[k][i] for k in range(len(images)) for i in sorted(taken[k])]
+    images = [[p for i, p in enumerate(src) if i not in taken[k]] for k, src in enumerate(images)]
+    listed = [[p for i, p in enumerate(src) if i not in taken[k]] for k, src in enumerate(listed)]
+    return images, listed, held
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Harvard medical training split with the CDDFuse test slices removed.
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError
-from diffmf_cli.training.data import CropSampler, SourceSpec, load_sources, luminance
+from diffmf_cli.training.data import CropSampler, SourceSpec, hold_out, load_sources, luminance
 from diffmf_cli.training.losses import LOSS_PRESETS, LossWeights, fusion_loss
 
 CHECKPOINT_FORMAT = "diffmf-train-checkpoint/1"
@@ -71,6 +71,7 @@ class TrainSettings:
     checkpoint_every: int = 200
     log_every: int = 10
     val_sources: list[SourceSpec] = field(default_factory=list)
+    val_holdout: int = 0                 # training pairs held out (by name hash) and used for validation
     val_every: int = 500
     val_max_pairs: int = 8
     val_crop: int = 256                  # validation images are centre-cropped to at most this size
@@ -91,6 +92,8 @@ class TrainSettings:
             raise UsageError(f"EMA decay must be in [0, 1), got {self.ema_decay}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise UsageError("warmup-steps and grad-clip must be >= 0 and min-lr-ratio in [0, 1]")
+        if self.val_holdout < 0:
+            raise UsageError(f"val-holdout must be >= 0, got {self.val_holdout}")
         if self.crop is not None and self.crop < 16:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
         self.loss_weights()  # validate early
@@ -237,12 +240,14 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
 # Validation
 
 
-def load_validation(settings: TrainSettings) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """Up to ``val_max_pairs`` validation pairs (spread over the sorted list), centre-cropped."""
-    if not settings.val_sources:
-        return []
-    images, _ = load_sources(settings.val_sources, 0)
-    flat = [p for src in images for p in src]
+def load_validation(settings: TrainSettings, held: list | None = None
+                    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Up to ``val_max_pairs`` validation pairs (held-out training pairs first, then the validation
+    sources, spread over their sorted list), centre-cropped to ``val_crop``."""
+    flat = list(held or [])
+    if settings.val_sources:
+        images, _ = load_sources(settings.val_sources, 0)
+        flat += [p for src in images for p in src]
     if len(flat) > settings.val_max_pairs:
         idx = np.linspace(0, len(flat) - 1, settings.val_max_pairs).round().astype(int)
         flat = [flat[i] for i in idx]
@@ -411,8 +416,11 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     loss_weights = settings.loss_weights()
 
     images, listed = load_sources(settings.sources, settings.crop_size)
+    held: list = []
+    if settings.val_holdout:
+        images, listed, held = hold_out(images, listed, settings.val_holdout)
     sampler = CropSampler(images, settings.crop_size, settings.seed, [s.weight for s in settings.sources])
-    val_pairs = load_validation(settings)
+    val_pairs = load_validation(settings, held)
 
     torch.manual_seed(settings.seed)
     model = create_model(cfg)

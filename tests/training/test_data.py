@@ -184,3 +184,24 @@ def test_medical_split_on_the_real_data(shared_data):
     assert dropped == {"MRI_CT": 13, "MRI_PET": 0, "MRI_SPECT": 62}
     assert kept == {"MRI_CT": 147, "MRI_PET": 245, "MRI_SPECT": 271}
     assert all(len(pairs[k]) == kept[k] for k in kept)
+
+
+def test_hold_out_takes_from_big_sources_by_name_and_keeps_one_pair_each(tmp_path):
+    from diffmf_cli.training.data import hold_out
+
+    big = _write_pairs(tmp_path / "big", n=5)
+    small = _write_pairs(tmp_path / "small", n=2, seed=1)
+    images, listed = load_sources([big, small], 16)
+    imgs, lst, held = hold_out(images, listed, 3)
+    # 5 vs 2 pairs: big gives 3 (5 -> 4 -> 3 left, then 3 > 2 once more), small keeps both.
+    assert [len(s) for s in imgs] == [2, 2] and [len(s) for s in lst] == [2, 2] and len(held) == 3
+    assert {p.name for p in held}.isdisjoint({p.name for p in imgs[0]})
+    assert [p.name for p in imgs[0]] == [p.name for p in lst[0]]
+    again = hold_out(load_sources([big, small], 16)[0], listed, 3)[2]
+    assert [p.name for p in again] == [p.name for p in held]
+    imgs4, _, four = hold_out(images, listed, 4)
+    # Big goes 5 -> 2 left, then the tie (2 vs 2) goes to the first source: big ends with 1, small with 2.
+    assert sum(any(p is q for q in images[0]) for p in four) == 4
+    assert [len(s) for s in imgs4] == [1, 2]
+    with pytest.raises(UsageError, match="keep one"):
+        hold_out(images, listed, 6)

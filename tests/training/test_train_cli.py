@@ -167,3 +167,16 @@ def test_threads_also_sizes_numbas_pool_before_numba_loads(monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")  # the user's own setting wins
     train_cli._limit_numba_pool(1)
     assert os.environ["NUMBA_NUM_THREADS"] == "2"
+
+
+def test_val_holdout(tmp_path):
+    ir, vis = _folders(tmp_path / "d", n=4)
+    run = tmp_path / "run"
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "2", "--val-holdout", "1", "--val-every", "2",
+               *FAST)
+    assert res.exit_code == 0, res.output
+    data = json.loads(RunFiles(run).data.read_text())
+    assert len(data["sources"][0]["pairs"]) == 3 and len(data["validation_pairs"]) == 1
+    assert data["validation_pairs"][0] not in data["sources"][0]["pairs"]
+    rows = [json.loads(l) for l in RunFiles(run).log.read_text().splitlines()]
+    assert any(r["kind"] == "val" for r in rows)
