@@ -144,7 +144,7 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
         if fmt == "table":
             _print_table(out, doc, names, per_image)
         else:
-            out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+            typer.echo(text, nl=False)  # verbatim: no Rich markup, emoji codes or wrapping in data
     if report is not None:
         from diffmf_cli.report import write_report
 
