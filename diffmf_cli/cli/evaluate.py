@@ -285,7 +285,7 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
                   f"{'s' if n_images != 1 else ''})", title_justify="left")
     table.add_column("metric")
     for method in blocks:
-        table.add_column(f"{method} (mean ± std)" if len(blocks) == 1 else method, justify="right")
+        table.add_column(_escape(f"{method} (mean ± std)" if len(blocks) == 1 else method), justify="right")
     table.add_row("images", *(str(counts[m]) for m in blocks), end_section=True)
     excluded_any = False
     for metric in names:
@@ -307,7 +307,7 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
         console.print(f"note: {note}", markup=False)
     if per_image:
         for method, block in blocks.items():
-            t = Table(title=f"per image ({method})", title_justify="left")
+            t = Table(title=_escape(f"per image ({method})"), title_justify="left")
             t.add_column("image")
             for metric in names:
                 t.add_column(f"{metric} {METRICS[metric].arrow}", justify="right")
