@@ -296,11 +296,11 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
             if s["excluded"]:
                 text += f" ({s['excluded']} nan)"
                 excluded_any = True
-            cells.append(f"[bold green]{text}[/]" if method in best[metric] else _escape(text))
+            cells.append(f"[bold green]{_escape(text)} *[/]" if method in best[metric] else _escape(text))
         table.add_row(f"{metric} {METRICS[metric].arrow}", *cells)
     console.print(table)
     if len(blocks) > 1:
-        console.print("bold green: best mean per metric (↑ higher is better, ↓ lower)", markup=False)
+        console.print("* (bold green): best mean per metric (↑ higher is better, ↓ lower)", markup=False)
     if excluded_any:
         console.print("(k nan): images where the metric is undefined, left out of mean and std", markup=False)
     for note in doc.get("notes", []):

@@ -86,6 +86,15 @@ def test_several_methods_side_by_side(dataset):
                     "--fused", f"max={dataset / 'fused_b'}", "-m", "EN,MSE")
     assert table.exit_code == 0
     assert "avg" in table.stdout and "max" in table.stdout and "MSE ↓" in table.stdout and "EN ↑" in table.stdout
+    # best per metric is marked (max fusion: higher entropy; average: lower MSE)
+    doc = json.loads(res.stdout)["methods"]
+    en_best = max(doc, key=lambda m: doc[m]["summary"]["EN"]["mean"])
+    mse_best = min(doc, key=lambda m: doc[m]["summary"]["MSE"]["mean"])
+    rows = {ln.split()[1]: ln for ln in table.stdout.splitlines() if ln.startswith("│ EN") or ln.startswith("│ MSE")}
+    cells = {k: [c.strip() for c in v.split("│")[2:4]] for k, v in rows.items()}
+    assert cells["EN"][["avg", "max"].index(en_best)].endswith("*")
+    assert cells["MSE"][["avg", "max"].index(mse_best)].endswith("*")
+    assert sum(c.endswith("*") for c in cells["EN"] + cells["MSE"]) == 2
 
 
 def test_best_value_per_metric_follows_direction(dataset):
