@@ -156,7 +156,11 @@ class CropSampler:
         else:
             chosen = [float(w) for w in given]
         total = sum(chosen)
-        self.weights = np.array([w / total for w in chosen], dtype=np.float64)
+        # Weights that already sum to 1 (the defaults, or those recorded in a run folder) are used as given,
+        # so a resumed run samples with bitwise the probabilities the run started with.
+        if abs(total - 1.0) > 1e-9:
+            chosen = [w / total for w in chosen]
+        self.weights = np.array(chosen, dtype=np.float64)
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, step])

@@ -391,6 +391,22 @@ def _truncate_log(path: Path, step: int) -> None:
     _atomic_bytes(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
 
+def _recorded_weights(files: RunFiles, listed, weights):
+    """On resume: check that every source still lists the pairs it had, and reuse the sampling weights the
+    run started with (so a later change of the default weighting cannot change a resumed run's data)."""
+    try:
+        recorded = json.loads(files.data.read_text())["sources"]
+    except (OSError, ValueError, KeyError):
+        return weights
+    if len(recorded) != len(listed):
+        raise UsageError(f"{files.data}: the run had {len(recorded)} sources, now {len(listed)}")
+    for k, (rec, pairs) in enumerate(zip(recorded, listed)):
+        if rec.get("pairs") != [p.name for p in pairs]:
+            raise UsageError(f"{files.data}: the pairs of source {k + 1} ({rec.get('source')}) changed since the "
+                             "run started; a resume would not continue the same run")
+    return [float(rec["weight"]) for rec in recorded]
+
+
 def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
           max_minutes: float | None = None, report: Report | None = None,
           handle_signals: bool = True) -> TrainResult:
@@ -419,7 +435,10 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     held: list = []
     if settings.val_holdout:
         images, listed, held = hold_out(images, listed, settings.val_holdout)
-    sampler = CropSampler(images, settings.crop_size, settings.seed, [s.weight for s in settings.sources])
+    weights = [s.weight for s in settings.sources]
+    if ckpt is not None:
+        weights = _recorded_weights(files, listed, weights)
+    sampler = CropSampler(images, settings.crop_size, settings.seed, weights)
     val_pairs = load_validation(settings, held)
 
     torch.manual_seed(settings.seed)

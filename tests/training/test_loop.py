@@ -196,3 +196,17 @@ def test_ema_update():
     assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.9))
     ema_update(ema, model, decay=0.5, step=1000)
     assert torch.allclose(ema.weight, torch.full_like(ema.weight, 0.95))
+
+
+def test_resume_refuses_changed_data(tmp_path, source):
+    settings = _settings(source, steps=2, checkpoint_every=1)
+    train(settings, tmp_path / "run", max_minutes=1e-9, handle_signals=False)
+    import shutil
+    from pathlib import Path
+
+    for sub in ("ir", "vis"):
+        folder = Path(getattr(source, sub))
+        first = sorted(folder.iterdir())[0]
+        shutil.copy(first, folder / ("new" + first.suffix))
+    with pytest.raises(UsageError, match="changed since the run started"):
+        train(settings, tmp_path / "run", resume=True, handle_signals=False)
