@@ -32,7 +32,7 @@ def write_report(out_dir: Path, plan, results, doc: dict, names: Sequence[str]) 
     result document of the evaluate command, `names` the metrics shown. Returns the HTML file's path.
     Raises InputError when the folder cannot be written.
     """
-    from diffmf_cli.cli.evaluate import best_methods, method_blocks
+    from diffmf_cli.metrics.evaluation import best_methods, method_blocks
 
     out_dir = Path(out_dir)
     try:
@@ -125,7 +125,7 @@ def _png(fig) -> bytes:
 
 
 def _bar_chart(metric: str, doc: dict, blocks: dict) -> bytes:
-    from diffmf_cli.cli.evaluate import best_methods
+    from diffmf_cli.metrics.evaluation import best_methods
     from diffmf_cli.metrics import METRICS
 
     methods = list(blocks)

@@ -72,7 +72,7 @@ def evaluate_command(
 def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs, recursive,
          quiet) -> int:
     from diffmf_cli.metrics import parse_convention, parse_metric_names
-    from diffmf_cli.metrics.evaluation import parse_method, plan_evaluation, score_tasks
+    from diffmf_cli.metrics.evaluation import build_document, parse_method, plan_evaluation, score_tasks
 
     fmt = fmt.strip().lower()
     if fmt not in FORMATS:
@@ -173,54 +173,7 @@ def _write_text(path: Path, text: str) -> None:
         raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
 
 
-# --- the result document -------------------------------------------------------------------------------
-
-
-def build_document(methods, results, names, conv, notes) -> dict:
-    """The JSON-shaped result: ``{"convention", "method", "per_image", "summary"}`` for one method; for several,
-    ``{"convention", "methods": {name: {"convention", "per_image", "summary"}}}``. Both carry
-    ``metrics`` (name -> higher_is_better), ``conventions`` (settings in words), ``notes`` and ``errors``."""
-    from diffmf_cli.metrics import METRICS
-    from diffmf_cli.metrics.evaluation import summarize_method
-
-    blocks = {}
-    for method in methods:
-        per_image = {r.name: r.values[method] for r in results if method in r.values}
-        summary = {m: s.to_dict() for m, s in summarize_method(results, method, names).items()}
-        blocks[method] = {"convention": conv.name, "per_image": per_image, "summary": summary}
-    doc: dict = {"convention": conv.name}
-    if len(methods) == 1:
-        doc["method"] = methods[0]
-        doc.update(blocks[methods[0]])
-    else:
-        doc["methods"] = blocks
-    doc["metrics"] = {m: {"higher_is_better": METRICS[m].higher_is_better} for m in names}
-    doc["conventions"] = conv.describe()
-    doc["notes"] = notes
-    doc["errors"] = [e for r in results for e in r.errors]
-    return doc
-
-
-def method_blocks(doc: dict) -> dict[str, dict]:
-    return doc["methods"] if "methods" in doc else {doc["method"]: doc}
-
-
-def best_methods(doc: dict, names) -> dict[str, set[str]]:
-    """Per metric, the method(s) with the best mean (direction from the registry); empty for one method."""
-    from diffmf_cli.metrics import METRICS
-
-    blocks = doc.get("methods")
-    best: dict[str, set[str]] = {m: set() for m in names}
-    if not blocks or len(blocks) < 2:
-        return best
-    for metric in names:
-        means = {k: b["summary"][metric]["mean"] for k, b in blocks.items()}
-        finite = {k: v for k, v in means.items() if not math.isnan(v)}
-        if not finite:
-            continue
-        target = max(finite.values()) if METRICS[metric].higher_is_better else min(finite.values())
-        best[metric] = {k for k, v in finite.items() if v == target}
-    return best
+# --- rendering ------------------------------------------------------------------------------------------
 
 
 def _fmt(value: float) -> str:
@@ -254,6 +207,8 @@ def render(doc: dict, names, fmt: str, per_image: bool = False) -> str:
 
 
 def _csv(doc: dict, names) -> str:
+    from diffmf_cli.metrics.evaluation import method_blocks
+
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["kind", "method", "image", *names, "convention"])
@@ -276,6 +231,7 @@ def _fmt_csv(value) -> str:
 
 def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
     from diffmf_cli.metrics import METRICS
+    from diffmf_cli.metrics.evaluation import best_methods, method_blocks
 
     blocks = method_blocks(doc)
     best = best_methods(doc, names)

@@ -21,7 +21,7 @@ from diffmf_cli.errors import InputError, UsageError
 from diffmf_cli.io.images import read_image
 from diffmf_cli.io.pairs import list_images, pair_folders
 from diffmf_cli.metrics.convention import REFERENCE, Convention
-from diffmf_cli.metrics.registry import METRIC_NAMES, compute_metrics
+from diffmf_cli.metrics.registry import METRIC_NAMES, METRICS, compute_metrics
 
 
 def read_for_metrics(path: Path | str) -> tuple[np.ndarray, bool]:
@@ -243,3 +243,55 @@ def summarize(values: Iterable[float]) -> Summary:
 def summarize_method(results: Iterable[ImageResult], method: str, metric_names: Sequence[str]) -> dict[str, Summary]:
     scored = [r.values[method] for r in results if method in r.values]
     return {m: summarize(v[m] for v in scored) for m in metric_names}
+
+
+# --- the result document (what `diffmf evaluate` renders as a table, CSV, JSON or a report) ----------------
+
+
+def build_document(
+    methods: Sequence[str],
+    results: Sequence[ImageResult],
+    names: Sequence[str],
+    conv: Convention,
+    notes: Sequence[str] = (),
+) -> dict:
+    """The JSON-shaped result: ``{"convention", "method", "per_image", "summary"}`` for one method; for several,
+    ``{"convention", "methods": {name: {"convention", "per_image", "summary"}}}``. Both carry
+    ``metrics`` (name -> higher_is_better), ``conventions`` (settings in words), ``notes`` and ``errors``."""
+    blocks = {}
+    for method in methods:
+        per_image = {r.name: r.values[method] for r in results if method in r.values}
+        summary = {m: s.to_dict() for m, s in summarize_method(results, method, names).items()}
+        blocks[method] = {"convention": conv.name, "per_image": per_image, "summary": summary}
+    doc: dict = {"convention": conv.name}
+    if len(methods) == 1:
+        doc["method"] = methods[0]
+        doc.update(blocks[methods[0]])
+    else:
+        doc["methods"] = blocks
+    doc["metrics"] = {m: {"higher_is_better": METRICS[m].higher_is_better} for m in names}
+    doc["conventions"] = conv.describe()
+    doc["notes"] = list(notes)
+    doc["errors"] = [e for r in results for e in r.errors]
+    return doc
+
+
+def method_blocks(doc: dict) -> dict[str, dict]:
+    """Method name -> its block (``per_image``, ``summary``), for one method or several."""
+    return doc["methods"] if "methods" in doc else {doc["method"]: doc}
+
+
+def best_methods(doc: dict, names) -> dict[str, set[str]]:
+    """Per metric, the method(s) with the best mean (direction from the registry); empty for one method."""
+    blocks = doc.get("methods")
+    best: dict[str, set[str]] = {m: set() for m in names}
+    if not blocks or len(blocks) < 2:
+        return best
+    for metric in names:
+        means = {k: b["summary"][metric]["mean"] for k, b in blocks.items()}
+        finite = {k: v for k, v in means.items() if not math.isnan(v)}
+        if not finite:
+            continue
+        target = max(finite.values()) if METRICS[metric].higher_is_better else min(finite.values())
+        best[metric] = {k for k, v in finite.items() if v == target}
+    return best

@@ -98,7 +98,7 @@ def test_several_methods_side_by_side(dataset):
 
 
 def test_best_value_per_metric_follows_direction(dataset):
-    from diffmf_cli.cli.evaluate import best_methods
+    from diffmf_cli.metrics.evaluation import best_methods
 
     doc = {"methods": {
         "x": {"summary": {"EN": {"mean": 7.0}, "MSE": {"mean": 10.0}}},
