@@ -12,6 +12,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from diffmf_cli.cli.app import _register, app
@@ -180,3 +181,27 @@ def test_val_holdout(tmp_path):
     assert data["validation_pairs"][0] not in data["sources"][0]["pairs"]
     rows = [json.loads(l) for l in RunFiles(run).log.read_text().splitlines()]
     assert any(r["kind"] == "val" for r in rows)
+
+
+@pytest.mark.slow
+def test_real_processes_on_the_default_scan_path_resume_bitwise(tmp_path):
+    """Uninterrupted vs stopped-and-resumed, each in fresh processes, on the scan path a user gets."""
+    from safetensors.torch import load_file
+
+    ir, vis = _folders(tmp_path / "d")
+    env = {k: v for k, v in os.environ.items() if k not in ("DIFFMF_SCAN", "NUMBA_NUM_THREADS")}
+    base = [sys.executable, "-m", "diffmf_cli", "train", "--ir", str(ir), "--vis", str(vis), "--steps", "3",
+            "--checkpoint-every", "1", *FAST]
+
+    def run(*extra):
+        done = subprocess.run([*base, *extra] if extra[0] != "--resume" else
+                              [sys.executable, "-m", "diffmf_cli", "train", *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    run("--out", str(tmp_path / "whole"))
+    run("--out", str(tmp_path / "cut"), "--max-minutes", "0.000001")
+    run("--resume", "--out", str(tmp_path / "cut"), "--threads", "1")
+    a = load_file(str(RunFiles(tmp_path / "whole").model))
+    b = load_file(str(RunFiles(tmp_path / "cut").model))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
