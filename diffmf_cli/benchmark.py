@@ -443,10 +443,11 @@ def _scan_context(scan: str | None):
         return contextlib.nullcontext()
     from diffmf_cli.ops import use_scan_path
 
-    return use_scan_path(scan)  # checked by _check_scan first
+    return use_scan_path(scan)  # checked by check_scan first
 
 
-def _check_scan(scan: str | None, device: torch.device) -> None:
+def check_scan(scan: str | None, device: torch.device) -> None:
+    """UsageError unless the forced scan path `scan` (None: automatic) can run on `device`."""
     if scan is None:
         return
     from diffmf_cli.ops import resolve_scan_path, use_scan_path
@@ -484,7 +485,7 @@ def measure(bench: BenchModel, size: tuple[int, int], batch: int, device: torch.
     height, width = size
     sync = synchronizer(device)
     row = _row_header(bench, size, batch, device, dtype, tile)
-    _check_scan(scan, device)
+    check_scan(scan, device)
     ir, vis = synthetic_pair(batch, height, width, device)
     if tile:
         from diffmf_cli.fusion import FuseOptions, FusionEngine, tile_starts

@@ -12,6 +12,10 @@ What it measures (CPU, float32, torch.inference_mode, after warm-up):
 4. scaling: 4 sizes from 256x256 to 1024x1280, both nets alternating, and the fitted exponent of time
    against pixel count (1.0 = linear).
 
+On a machine whose cores other processes share, run it with OMP_WAIT_POLICY=PASSIVE: OpenMP's default
+spin-waiting (torch's and numba's) collapses there, by up to 20x when the load is several times the core
+count, and the process CPU time it reports stays meaningful. The environment is recorded in the JSON.
+
 The DenseFuse-shaped net (Li & Wu, "DenseFuse", IEEE TIP 2019) is built here: encoder conv 1->16, a dense
 block of three 3x3 convs each adding 16 channels (64 out), addition fusion of the two encodings, decoder
 3x3 convs 64->64->32->16->1; 74,193 parameters. Random weights: timing does not depend on weight values.

@@ -112,6 +112,21 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
     dtypes = [resolve_precision(p, torch_device) for p in precision.split(",") if p.strip()]
     if not dtypes:
         raise UsageError(f"--precision {precision!r}: no precision given")
+    default_batches = [1] if torch_device.type == "cpu" else [1, 4, 16]
+    batches = bm.parse_counts(batch_sizes, "--batch-sizes") if batch_sizes else default_batches
+    if modes and len(dtypes) > 1:
+        raise UsageError(f"{modes[0]} takes one --precision, got {precision}")
+    if modes and batch_sizes and len(batches) > 1:
+        raise UsageError(f"{modes[0]} takes one --batch-sizes value, got {batch_sizes}")
+    if sweep:
+        chosen = bm.parse_sizes(sizes) if sizes else list(bm.SWEEP_SIZES)
+        if len(set(h * w for h, w in chosen)) < 2:
+            raise UsageError("--sweep needs at least two different sizes")
+    elif compare_scan:
+        chosen = bm.parse_sizes(sizes) if sizes else list(bm.COMPARE_SIZES)
+    else:
+        chosen = bm.parse_sizes(sizes) if sizes else list(bm.DEFAULT_SIZES)
+    bm.check_scan(scan, torch_device)
     bm.set_threads(threads)
     progress = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
 
@@ -126,12 +141,9 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
                      "scan_env": os.environ.get("DIFFMF_SCAN") or None},
         "rows": [], "compare": None, "sweep": None, "pipeline": None,
     }
-    default_batches = [1] if torch_device.type == "cpu" else [1, 4, 16]
-    batches = bm.parse_counts(batch_sizes, "--batch-sizes") if batch_sizes else default_batches
 
     with torch.inference_mode():
         if compare_scan:
-            chosen = bm.parse_sizes(sizes) if sizes else list(bm.COMPARE_SIZES)
             result["compare"] = bm.compare_scan_paths(bench, chosen, torch_device, dtypes[0], warmup=warmup,
                                                       iters=iters, min_seconds=min_time, progress=progress)
         elif input_dirs is not None:
@@ -139,9 +151,6 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
                                                   batch_size=batches[0] if batch_sizes else None, tile=tile,
                                                   limit=limit, progress=progress)
         elif sweep:
-            chosen = bm.parse_sizes(sizes) if sizes else list(bm.SWEEP_SIZES)
-            if len(set(h * w for h, w in chosen)) < 2:
-                raise UsageError("--sweep needs at least two different sizes")
             swept = bm.run_sweep(bench, chosen, torch_device, dtypes[0], batch=batches[0], warmup=warmup,
                                  iters=iters, min_seconds=min_time, scan=scan, progress=progress)
             result["rows"] = swept["rows"]
@@ -149,7 +158,6 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
             swept["plot"] = str(bm.plot_sweep(swept, plot, title))
             result["sweep"] = {k: v for k, v in swept.items() if k != "rows"}
         else:
-            chosen = bm.parse_sizes(sizes) if sizes else list(bm.DEFAULT_SIZES)
             result["rows"] = bm.run_table(bench, chosen, batches, torch_device, dtypes, warmup=warmup,
                                           iters=iters, min_seconds=min_time, tile=tile, scan=scan,
                                           progress=progress)

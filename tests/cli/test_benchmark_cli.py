@@ -136,6 +136,9 @@ def test_input_times_the_pipeline_on_real_files():
     (["--precision", "bf16", "--device", "cpu"], "CUDA only"),
     (["--format", "xml"], "--format xml"),
     (["--sweep", "--compare-scan"], "one of"),
+    (["--sweep", "--batch-sizes", "1,2"], "one --batch-sizes"),
+    (["--compare-scan", "--scan", "cpu"], "do not also give --scan"),
+    (["--sweep", "--sizes", "64"], "two different sizes"),
 ])
 def test_usage_errors_are_one_line_exit_2(args, needle):
     result = _invoke(*args, "--quiet")
