@@ -59,6 +59,9 @@ def benchmark_command(
                                "pixels^k and plot time per megapixel."),
     plot: Path = typer.Option(Path("diffmf-benchmark-sweep.png"), "--plot", help="With --sweep: where the "
                               "PNG plot goes."),
+    peak_tflops: Optional[float] = typer.Option(None, "--peak-tflops", help="The device's peak dense rate "
+                                                "(TFLOP/s, datasheet, for the precision timed): adds the "
+                                                "achieved fraction of it for the dense layers."),
     fmt: str = typer.Option("table", "--format", help="table, json or csv."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the result to FILE instead "
                                           "of stdout."),
@@ -68,7 +71,7 @@ def benchmark_command(
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         text = _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time,
-                    preset, weights, compare_scan, input_dirs, limit, sweep, plot, fmt, output, quiet)
+                    preset, weights, compare_scan, input_dirs, limit, sweep, plot, peak_tflops, fmt, output, quiet)
     except DiffMFError as exc:
         err.print(f"diffmf benchmark: error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
@@ -82,7 +85,7 @@ def benchmark_command(
 
 
 def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time, preset,
-         weights, compare_scan, input_dirs, limit, sweep, plot, fmt, output, quiet) -> str:
+         weights, compare_scan, input_dirs, limit, sweep, plot, peak_tflops, fmt, output, quiet) -> str:
     import torch
 
     from diffmf_cli import benchmark as bm
@@ -105,6 +108,8 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
         raise UsageError(f"--tile {tile}: tiles must be at least 16 pixels")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1")
+    if peak_tflops is not None and peak_tflops <= 0:
+        raise UsageError(f"--peak-tflops {peak_tflops}: must be positive")
     if compare_scan and scan is not None:
         raise UsageError("--compare-scan runs every scan path; do not also give --scan")
 
@@ -161,6 +166,13 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
             result["rows"] = bm.run_table(bench, chosen, batches, torch_device, dtypes, warmup=warmup,
                                           iters=iters, min_seconds=min_time, tile=tile, scan=scan,
                                           progress=progress)
+    result["settings"]["peak_tflops"] = peak_tflops
+    for row in result["rows"]:
+        # dense-layer FLOPs (2 per multiply-add) achieved, against the peak the user gave
+        achieved = row["achieved_gmacs_per_s"]
+        row["achieved_tflops"] = None if achieved is None else 2 * achieved / 1e3
+        row["fraction_of_peak"] = (row["achieved_tflops"] / peak_tflops
+                                   if peak_tflops and row["achieved_tflops"] is not None else None)
     try:
         result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -272,6 +284,9 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
                "IQR", "peak memory", "params", "GMAC/MP"]
     if tiled:
         columns.insert(5, "tiles")
+    with_peak = any(r.get("fraction_of_peak") is not None for r in rows)
+    if with_peak:
+        columns += ["TFLOP/s", "of peak"]
     on_cpu = any(r["cpu_utilization"] is not None for r in rows)
     if on_cpu:
         columns += ["CPU-s/pair", "CPU use"]
@@ -287,6 +302,9 @@ def _render_rows(console: Console, rows: list[dict]) -> None:
                  f"{r['params']:,}", _num(r["macs_per_megapixel"] / 1e9)]
         if tiled:
             cells.insert(5, str(r["tiles_per_pair"]))
+        if with_peak:
+            frac = r.get("fraction_of_peak")
+            cells += [_num(r.get("achieved_tflops"), 3), "-" if frac is None else f"{100 * frac:.2f} %"]
         if on_cpu:
             util = r["cpu_utilization"]
             cells += [_num(r["cpu_s_per_pair_p50"], 3), "-" if util is None else f"{100 * util:.0f} %"]

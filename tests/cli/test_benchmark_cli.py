@@ -49,9 +49,9 @@ def test_json_has_every_field_for_every_row():
     rows = doc["rows"]
     assert len(rows) == 4
     assert {(r["size"], r["batch"]) for r in rows} == {("32x32", 1), ("32x32", 2), ("24x40", 1), ("24x40", 2)}
-    optional = {"tile", "error", "tiles_per_pair"}
+    optional = {"tile", "error", "tiles_per_pair", "fraction_of_peak"}
     for row in rows:
-        assert list(row) == bm.row_fields()
+        assert list(row) == bm.row_fields() + ["achieved_tflops", "fraction_of_peak"]
         missing = [k for k, v in row.items() if v is None and k not in optional]
         assert not missing, f"unfilled fields {missing} in {row}"
         assert row["error"] is None
@@ -81,6 +81,12 @@ def test_table_names_the_columns_and_the_model(tmp_path):
     for word in ("size", "pairs/s", "MP/s", "ms/pair p50", "p95", "peak memory", "GMAC/MP", "preset 'tiny'",
                  "machine:", "16x16"):
         assert word in text
+
+
+def test_peak_rate_gives_the_achieved_fraction():
+    row = _json("--sizes", "16", "--peak-tflops", "0.5")["rows"][0]
+    assert math.isclose(row["achieved_tflops"], 2 * row["achieved_gmacs_per_s"] / 1e3)
+    assert math.isclose(row["fraction_of_peak"], row["achieved_tflops"] / 0.5)
 
 
 def test_forced_scan_path_is_the_one_reported():
