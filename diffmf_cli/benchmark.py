@@ -397,8 +397,8 @@ def load_model(device: torch.device, preset: str | None = None, weights: str | N
         bench = BenchModel(model, f"preset '{preset}', random weights (timing does not depend on weight values)",
                            None, preset, {})
     elif weights is not None:
-        model, meta = load_weights(resolve_weights(weights), device=device)
         path = resolve_weights(weights)
+        model, meta = load_weights(path, device=device)
         bench = BenchModel(model, f"weights {path}" + (f" ({meta['name']})" if meta.get("name") else ""),
                            str(path), None, {})
     else:

@@ -152,8 +152,22 @@ def test_usage_errors_are_one_line_exit_2(args, needle):
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_weights_file_is_timed_with_its_own_architecture(tmp_path):
+    from diffmf_cli.models import create_model
+    from diffmf_cli.weights import save_weights
+
+    path = save_weights(tmp_path / "tiny.safetensors", create_model("tiny"), {"name": "tiny-test"})
+    result = _invoke("--weights", str(path), "--sizes", "16", "--warmup", "0", "--iters", "1", "--quiet",
+                     "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["model"]["weights"] == str(path) and "tiny-test" in doc["model"]["source"]
+    assert doc["rows"][0]["params"] == model_cost("tiny")["params"]
+    assert doc["model"]["config"]["dim"] == create_model("tiny").config.dim
+
+
 def test_missing_weights_file_is_a_checkpoint_error(tmp_path):
-    result = _invoke("--weights", str(tmp_path / "nope.safetensors"), "--quiet")
+    result = _invoke("--weights", str(tmp_path / "nope.safetensors"), "--sizes", "16", "--quiet")
     assert result.exit_code == 2
     assert "nope.safetensors" in result.stderr
 
