@@ -21,11 +21,12 @@ from rich.console import Console
 
 from diffmf_cli.cli.app import app
 from diffmf_cli.errors import DiffMFError, UsageError
+from diffmf_cli.weights import SHIPPED_MODELS
 
 # Settings that a TOML file may hold at its top level (TrainSettings fields, in TOML's spelling).
 _SCALAR_KEYS = ("task", "preset", "steps", "batch_size", "crop", "lr", "schedule", "warmup_steps",
                 "min_lr_ratio", "weight_decay", "grad_clip", "ema_decay", "seed", "checkpoint_every",
-                "log_every", "val_every", "val_max_pairs", "val_crop", "val_holdout")
+                "log_every", "val_every", "val_max_pairs", "val_crop", "val_holdout", "init_weights")
 _SESSION_KEYS = ("max_minutes", "threads", "out")
 
 
@@ -62,6 +63,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path}: '{key}' must be a table ([{key}])")
     if "out" in data:
         data["out"] = rel(data["out"])
+    if "init_weights" in data and str(data["init_weights"]) not in SHIPPED_MODELS:
+        data["init_weights"] = rel(data["init_weights"])
     return data
 
 
@@ -128,6 +131,9 @@ def train_command(
                                             "(default 500)."),
     val_holdout: Optional[int] = typer.Option(None, "--val-holdout", help="Hold N training pairs out (chosen "
                                               "by name hash) and validate on them (default 0)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors or a "
+                                        "shipped name) instead of random ones: fine-tuning; the model config "
+                                        "is the file's."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
                                           "(command-line options win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -164,6 +170,11 @@ def train_command(
                 for s, w in zip(sources, source_weight):
                     s["weight"] = w
             val_sources = _folder_sources(val_ir, val_vis, "val-")
+            if init is not None:
+                if preset is not None or model_option:
+                    raise UsageError("--init takes the model config from the weights file; drop --preset and "
+                                     "--model-option")
+                cli["init_weights"] = str(init)
             code = _train(err, stdout, cli, sources, val_sources, _parse_model_options(model_option), config,
                           out, resume, max_minutes, threads, name)
     except DiffMFError as exc:
@@ -209,6 +220,14 @@ def _settings_from(cli: dict, sources: list[dict], val_sources: list[dict], mode
         if data.get("loss"):
             merged["loss"] = dict(data["loss"])
     merged.update({k: v for k, v in cli.items() if v is not None})
+    if merged.get("init_weights"):
+        from diffmf_cli.weights import read_metadata, resolve_weights
+
+        path = resolve_weights(merged["init_weights"])
+        merged["init_weights"] = str(path.resolve())
+        meta = read_metadata(path)
+        merged["model_overrides"] = meta["config"]  # the whole config, so the preset below changes nothing
+        merged["preset"] = meta.get("preset") if isinstance(meta.get("preset"), str) else "cpu"
     if sources:  # sources on the command line replace the file's
         merged["sources"] = sources
     if val_sources:
@@ -234,8 +253,10 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
         given += ["--model-option"] if model_overrides else []
         given += ["--config"] if config_path else []
         if given:
+            flags = {"init_weights": "--init", "task": "--task/--medical"}
             raise UsageError("--resume takes every setting from the run folder; drop "
-                             + ", ".join("--" + g.replace("_", "-") if not g.startswith("--") else g for g in given))
+                             + ", ".join(g if g.startswith("--") else flags.get(g, "--" + g.replace("_", "-"))
+                                         for g in given))
         if out is None:
             raise UsageError("--resume needs --out RUN_DIR")
         settings = read_settings(out)

@@ -72,6 +72,7 @@ class TrainSettings:
     log_every: int = 10
     val_sources: list[SourceSpec] = field(default_factory=list)
     val_holdout: int = 0                 # training pairs held out (by name hash) and used for validation
+    init_weights: str | None = None      # start from these weights (fine-tuning); their config must match
     val_every: int = 500
     val_max_pairs: int = 8
     val_crop: int = 256                  # validation images are centre-cropped to at most this size
@@ -391,6 +392,17 @@ def _truncate_log(path: Path, step: int) -> None:
     _atomic_bytes(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
 
+def _init_from(model: torch.nn.Module, path: str) -> None:
+    """Copy the weights of a diffmf weights file into ``model`` (whose config must be the file's)."""
+    from diffmf_cli.weights import load_weights
+
+    source, _ = load_weights(path)
+    if source.config != model.config:
+        raise UsageError(f"{path}: its model config differs from this run's (start it with the file's config: "
+                         "give --init without --preset/--model-option)")
+    model.load_state_dict(source.state_dict())
+
+
 def _recorded_weights(files: RunFiles, listed, weights):
     """On resume: check that every source still lists the pairs it had, and reuse the sampling weights the
     run started with (so a later change of the default weighting cannot change a resumed run's data)."""
@@ -443,6 +455,8 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
 
     torch.manual_seed(settings.seed)
     model = create_model(cfg)
+    if settings.init_weights and ckpt is None:
+        _init_from(model, settings.init_weights)
     model.train()
     ema = copy.deepcopy(model)
     ema.requires_grad_(False)

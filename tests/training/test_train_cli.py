@@ -205,3 +205,32 @@ def test_real_processes_on_the_default_scan_path_resume_bitwise(tmp_path):
     a = load_file(str(RunFiles(tmp_path / "whole").model))
     b = load_file(str(RunFiles(tmp_path / "cut").model))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
+    from diffmf_cli.models import create_model
+    from diffmf_cli.training.loop import _init_from
+
+    ir, vis = _folders(tmp_path / "d")
+    first = tmp_path / "first"
+    assert _run("--ir", ir, "--vis", vis, "--out", first, "--steps", "1", "--model-option", "use_guidance=false",
+                *FAST).exit_code == 0
+    weights = RunFiles(first).model
+    fast = [a for a in FAST if a not in ("--preset", "tiny")]
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "second", "--steps", "1", "--task", "medical",
+               "--init", weights, *fast)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "second" / "settings.json").read_text())
+    assert settings["init_weights"] == str(weights.resolve()) and settings["preset"] == "tiny"
+    model, meta = load_weights(RunFiles(tmp_path / "second").model)
+    assert model.config.use_guidance is False and meta["task"] == "medical"
+
+    fresh = create_model(model.config)
+    _init_from(fresh, str(weights))
+    source, _ = load_weights(weights)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in source.state_dict().items())
+    with pytest.raises(Exception, match="config differs"):
+        _init_from(create_model("tiny"), str(weights))
+
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "third", "--init", weights, "--preset", "cpu")
+    assert res.exit_code == 2 and "drop --preset" in res.output
