@@ -2,8 +2,9 @@
 
 Settings come from, in rising priority: built-in defaults, a TOML file (``--config``), the command line.
 A run folder (``--out``) holds everything (see ``diffmf_cli.training.loop``); ``--resume`` continues it with
-the settings stored there. When a session ends (finished, out of time, or stopped by a signal) the EMA weights of
-its last checkpoint are exported to ``RUN_DIR/model.safetensors`` (the metadata records the step).
+the settings stored there (repeating them is allowed, changing them is not). A finished run exports its EMA
+weights to ``RUN_DIR/model.safetensors``; a session stopped early (``--max-minutes``, SIGTERM, Ctrl-C) exports
+those of its last checkpoint to ``RUN_DIR/model.partial.safetensors``.
 Progress goes to stderr (a bar on a terminal, one line per checkpoint otherwise); the summary to stdout.
 """
 
@@ -205,20 +206,24 @@ def _export(stdout: Console, run_dir: Path, output: Path | None, name: str | Non
 
 
 def _settings_from(cli: dict, sources: list[dict], val_sources: list[dict], model_overrides: dict,
-                   config_path: Path | None):
+                   config_path: Path | None, base: dict | None = None):
+    """Settings: ``base`` (defaults, or a stored run's), then the TOML file, then the command line."""
     from diffmf_cli.training.loop import TrainSettings
 
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(base or {})
     file_session: dict[str, Any] = {}
     if config_path is not None:
         data = _read_toml(config_path)
         merged.update({k: data[k] for k in _SCALAR_KEYS if k in data})
         file_session = {k: data[k] for k in _SESSION_KEYS if k in data}
-        merged["sources"] = data.get("source", [])
-        merged["val_sources"] = data.get("val_source", [])
-        merged["model_overrides"] = dict(data.get("model", {}))
+        if "source" in data:
+            merged["sources"] = data["source"]
+        if "val_source" in data:
+            merged["val_sources"] = data["val_source"]
+        if "model" in data:
+            merged["model_overrides"] = {**merged.get("model_overrides", {}), **data["model"]}
         if data.get("loss"):
-            merged["loss"] = dict(data["loss"])
+            merged["loss"] = {**(merged.get("loss") or {}), **data["loss"]}
     merged.update({k: v for k, v in cli.items() if v is not None})
     if merged.get("init_weights"):
         from diffmf_cli.weights import read_metadata, resolve_weights
@@ -248,19 +253,22 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
     from diffmf_cli.training.loop import RunFiles, export_run, read_settings, train
 
     if resume:
-        given = [k for k, v in cli.items() if v is not None] + (["--ir/--vis/--pairs"] if sources else [])
-        given += ["--val-ir/--val-vis"] if val_sources else []
-        given += ["--model-option"] if model_overrides else []
-        given += ["--config"] if config_path else []
-        if given:
-            flags = {"init_weights": "--init", "task": "--task/--medical"}
-            raise UsageError("--resume takes every setting from the run folder; drop "
-                             + ", ".join(g if g.startswith("--") else flags.get(g, "--" + g.replace("_", "-"))
-                                         for g in given))
-        if out is None:
+        run_dir = out
+        if run_dir is None and config_path is not None:
+            run_dir = _read_toml(config_path).get("out")
+        if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR")
-        settings = read_settings(out)
-        session = {}
+        stored = read_settings(run_dir)
+        # Settings may be repeated on a resume (scripts do), but none may change.
+        settings, session = _settings_from(cli, sources, val_sources, model_overrides, config_path,
+                                           base=stored.to_dict())
+        before, after = stored.to_dict(), settings.to_dict()
+        changed = [k for k in before if before[k] != after.get(k)]
+        if changed:
+            detail = ", ".join(f"{k} {before[k]!r} -> {after.get(k)!r}" for k in changed[:3])
+            raise UsageError(f"--resume continues {run_dir} with its own settings, but these differ: {detail}; "
+                             "drop them, or start a new run with another --out")
+        settings = stored
     else:
         settings, session = _settings_from(cli, sources, val_sources, model_overrides, config_path)
     run_dir = out if out is not None else (Path(session["out"]) if "out" in session else None)
@@ -286,11 +294,15 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
     stdout.print(f"run {files.dir}: step {result.step}/{result.total_steps}, "
                  f"{result.wall_time_s / 60:.1f} min of training in all"
                  + (f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""), markup=False)
-    # The EMA weights of the last checkpoint, finished or not (the metadata records the step).
-    export_run(run_dir, files.model)
-    stdout.print(f"EMA weights (step {result.step}): {files.model}", markup=False)
+    # model.safetensors exists once the run is finished; an early stop exports model.partial.safetensors
+    # (the EMA weights of the checkpoint it stopped at; the metadata records the step).
     if result.finished:
+        export_run(run_dir, files.model)
+        files.partial.unlink(missing_ok=True)
+        stdout.print(f"EMA weights: {files.model}", markup=False)
         return 0
+    export_run(run_dir, files.partial)
+    stdout.print(f"EMA weights so far (step {result.step}): {files.partial}", markup=False)
     stdout.print(f"stopped early ({result.stopped_by}); continue with: diffmf train --out {files.dir} --resume",
                  markup=False)
     return 0 if result.stopped_by == "time budget" else 130

@@ -8,7 +8,8 @@ A run lives in one folder (``RUN_DIR``):
   plain Python values only, so ``torch.load(weights_only=True)`` reads it; written atomically);
 - ``log.jsonl``      one JSON object per logged step (``"kind": "train"``) and per validation (``"val"``);
 - ``curves.png``     loss and validation curves (redrawn at each checkpoint);
-- ``model.safetensors``  the EMA weights with config and training facts (see :func:`export_run`).
+- ``model.safetensors``  the EMA weights with config and training facts (see :func:`export_run`), written
+  by the CLI when the run finishes (``model.partial.safetensors`` when a session stops early).
 
 Exactness: batch ``t`` depends only on ``(seed, t)`` (see ``data.CropSampler``), the learning rate only on
 ``t``, and a checkpoint holds every other piece of state, so stopping after any checkpoint and resuming gives
@@ -177,6 +178,7 @@ class RunFiles:
         self.log = self.dir / "log.jsonl"
         self.plot = self.dir / "curves.png"
         self.model = self.dir / "model.safetensors"
+        self.partial = self.dir / "model.partial.safetensors"
         self.name = self.dir / "name.txt"
 
 

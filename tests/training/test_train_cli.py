@@ -94,10 +94,15 @@ def test_time_budget_then_resume(tmp_path):
     assert res.exit_code == 0, res.output
     assert "stopped early (time budget)" in res.stdout and "--resume" in res.stdout
     assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 1
-    assert load_weights(RunFiles(run).model)[1]["training"]["steps"] == 1  # exported at the stop
-    res = _run("--out", run, "--resume", "--threads", "1", "--name", "later")
+    assert not RunFiles(run).model.exists()  # model.safetensors means finished
+    assert load_weights(RunFiles(run).partial)[1]["training"]["steps"] == 1  # exported at the stop
+    res = _run("--out", run, "--resume", "--steps", "4", *FAST)
+    assert res.exit_code == 2 and "differ: steps 3 -> 4" in res.output
+    # Repeating the run's own settings (as scripts do) is fine.
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "3", "--resume", "--name", "later", *FAST)
     assert res.exit_code == 0, res.output
     assert load_checkpoint(RunFiles(run).checkpoint)["step"] == 3
+    assert not RunFiles(run).partial.exists()
     meta = load_weights(RunFiles(run).model)[1]
     assert meta["training"]["steps"] == 3 and meta["name"] == "later"
     assert meta["training"]["machine"]["threads"] == 1
@@ -107,7 +112,6 @@ def test_time_budget_then_resume(tmp_path):
     (["--ir", "x"], "must come in pairs"),
     (["--out", "RUN"], "no training data"),
     (["--ir", "MISSING", "--vis", "MISSING", "--out", "RUN"], "does not exist"),
-    (["--resume", "--out", "RUN", "--lr", "1"], "drop --lr"),
     (["--resume", "--out", "RUN"], "not a training run folder"),
     (["--export", "RUN"], "needs -o"),
     (["--export", "RUN", "-o", "x.safetensors"], "not a training run folder"),
@@ -153,7 +157,7 @@ def test_sigterm_in_a_real_process_checkpoints_and_exits_130(tmp_path):
             proc.wait()
     assert proc.returncode == 130, err
     assert "stopped early (signal SIGTERM)" in out
-    assert load_weights(RunFiles(run).model)[1]["training"]["steps"] >= 1
+    assert load_weights(RunFiles(run).partial)[1]["training"]["steps"] >= 1
     step = load_checkpoint(RunFiles(run).checkpoint)["step"]
     assert 1 <= step < 100000
 
