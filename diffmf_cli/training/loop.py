@@ -437,7 +437,10 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
         stored = read_settings(files.dir)
         if stored.to_dict() != settings.to_dict():
             raise UsageError(f"{files.settings}: settings differ from this run's; resume takes them from there")
-        ckpt = load_checkpoint(files.checkpoint)
+        # A run killed before its first checkpoint starts again from step 0.
+        ckpt = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+        if ckpt is None:
+            _truncate_log(files.log, 0)
     else:
         if files.checkpoint.exists() or files.settings.exists():
             raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")

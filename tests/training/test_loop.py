@@ -210,3 +210,20 @@ def test_resume_refuses_changed_data(tmp_path, source):
         shutil.copy(first, folder / ("new" + first.suffix))
     with pytest.raises(UsageError, match="changed since the run started"):
         train(settings, tmp_path / "run", resume=True, handle_signals=False)
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path, source):
+    settings = _settings(source, steps=2, checkpoint_every=100)
+
+    def crash(kind, info):
+        if kind == "step":
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        train(settings, tmp_path / "run", report=crash, handle_signals=False)
+    assert not RunFiles(tmp_path / "run").checkpoint.exists()
+    assert train(settings, tmp_path / "run", resume=True, handle_signals=False).finished
+    train(settings, tmp_path / "whole", handle_signals=False)
+    _assert_same_state(_state(tmp_path / "whole"), _state(tmp_path / "run"))
+    rows = [json.loads(l) for l in RunFiles(tmp_path / "run").log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
