@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 app = typer.Typer(
@@ -19,5 +21,8 @@ def _register() -> None:
 
 
 def main() -> None:
+    # OpenMP threads that spin while waiting make torch 4-20x slower whenever the cores are shared (a data
+    # pipeline, a second job); sleeping waiters cost little when they are not. Must precede importing torch.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _register()
     app()

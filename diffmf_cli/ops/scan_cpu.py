@@ -17,6 +17,7 @@ float64 inputs compute in float64 with `math.exp`, which is what gradcheck uses.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
@@ -331,6 +332,18 @@ def _threads() -> int:
     return n
 
 
+@contextlib.contextmanager
+def _keep_torch_threads():
+    """The first parallel numba call starts its OpenMP layer, which resets the OpenMP thread count that torch
+    shares; put torch's count back so a caller's torch.set_num_threads survives the scan."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 class _CpuScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
@@ -347,11 +360,12 @@ class _CpuScan(torch.autograd.Function):
         ckpt = u_.new_empty(batch, dim, nchunks if need_grad else 0, nstate)
         y = u_.new_empty(batch, dim, length)
         last = u_.new_empty(batch, dim, nstate)
-        _threads()
-        scan_forward(
-            u_.numpy(), delta_.numpy(), A_.numpy(), Bt.numpy(), Ct.numpy(), D_.numpy(), z_.numpy(),
-            bias_.numpy(), bool(delta_softplus), z is not None, y.numpy(), last.numpy(), ckpt.numpy(), need_grad,
-        )
+        with _keep_torch_threads():
+            _threads()
+            scan_forward(
+                u_.numpy(), delta_.numpy(), A_.numpy(), Bt.numpy(), Ct.numpy(), D_.numpy(), z_.numpy(),
+                bias_.numpy(), bool(delta_softplus), z is not None, y.numpy(), last.numpy(), ckpt.numpy(), need_grad,
+            )
         if need_grad:
             ctx.save_for_backward(u_, delta_, A_, Bt, Ct, D_, z_, bias_, ckpt)
             ctx.flags = (bool(delta_softplus), z is not None, B.dim(), C.dim())
@@ -367,7 +381,8 @@ class _CpuScan(torch.autograd.Function):
         groups, nstate = Bt.shape[1], A_.shape[1]
         gy_ = gy.detach().to(cdt).contiguous() if gy is not None else u_.new_zeros(batch, dim, length)
         glast_ = _prep(glast, cdt) if glast is not None else u_.new_zeros(batch, dim, nstate)
-        parts = max(1, min(dim, _threads()))
+        with _keep_torch_threads():
+            parts = max(1, min(dim, _threads()))
         gu = torch.empty_like(u_)
         gdelta = torch.empty_like(u_)
         gz = torch.empty_like(u_) if has_z else u_.new_zeros(1, 1, 1)
@@ -376,12 +391,13 @@ class _CpuScan(torch.autograd.Function):
         gC_parts = u_.new_zeros(parts, batch, groups, length, nstate)
         gD_rows = u_.new_empty(batch, dim)
         gbias_rows = u_.new_empty(batch, dim)
-        scan_backward(
-            u_.numpy(), delta_.numpy(), A_.numpy(), Bt.numpy(), Ct.numpy(), D_.numpy(), z_.numpy(), bias_.numpy(),
-            softplus, has_z, ckpt.numpy(), gy_.numpy(), glast_.numpy(), parts,
-            gu.numpy(), gdelta.numpy(), gz.numpy(), gA_rows.numpy(), gB_parts.numpy(), gC_parts.numpy(),
-            gD_rows.numpy(), gbias_rows.numpy(),
-        )
+        with _keep_torch_threads():
+            scan_backward(
+                u_.numpy(), delta_.numpy(), A_.numpy(), Bt.numpy(), Ct.numpy(), D_.numpy(), z_.numpy(),
+                bias_.numpy(), softplus, has_z, ckpt.numpy(), gy_.numpy(), glast_.numpy(), parts,
+                gu.numpy(), gdelta.numpy(), gz.numpy(), gA_rows.numpy(), gB_parts.numpy(), gC_parts.numpy(),
+                gD_rows.numpy(), gbias_rows.numpy(),
+            )
 
         def back(x: torch.Tensor, ndim: int) -> torch.Tensor:
             x = (x[0] if parts == 1 else x.sum(0)).transpose(-1, -2)  # (batch, G, N, L)
