@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.sets:
             ir_rel, vis_rel = IR_VIS_SETS[dataset]
             doc = evaluate_set(dataset, args.data / ir_rel, args.data / vis_rel, args.out / name / "eval" / dataset,
-                               ["--weights", str(weights)], jobs=args.threads)
+                               ["--weights", str(weights)], jobs=args.threads, baselines=False)
             results[name][dataset] = summary_rows(doc)["DIFF-MF (ours)"]
         print(name, json.dumps(results[name]), flush=True)
 

@@ -72,20 +72,24 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def evaluate_set(name: str, ir_dir: Path, vis_dir: Path, out: Path, model_args: list[str], jobs: int) -> dict:
+def evaluate_set(name: str, ir_dir: Path, vis_dir: Path, out: Path, model_args: list[str], jobs: int,
+                 baselines: bool = True) -> dict:
+    """Fuse one set with the model (and, with `baselines`, the trivial fusions) and score every method."""
     out.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "diffmf_cli", "fuse", str(ir_dir), str(vis_dir), "-o", str(out / "diffmf"),
          "--gray", "--quiet", *model_args])
-    trivial_fusions(ir_dir, vis_dir, out)
-    result = run([sys.executable, "-m", "diffmf_cli", "evaluate", "--fused", f"DIFF-MF (ours)={out / 'diffmf'}",
-                  "--fused", f"pixel max={out / 'max'}", "--fused", f"pixel mean={out / 'mean'}",
-                  str(ir_dir), str(vis_dir), "--format", "json", "--quiet", "--jobs", str(jobs)])
+    methods = ["--fused", f"DIFF-MF (ours)={out / 'diffmf'}"]
+    if baselines:
+        trivial_fusions(ir_dir, vis_dir, out)
+        methods += ["--fused", f"pixel max={out / 'max'}", "--fused", f"pixel mean={out / 'mean'}"]
+    result = run([sys.executable, "-m", "diffmf_cli", "evaluate", *methods, str(ir_dir), str(vis_dir),
+                  "--format", "json", "--quiet", "--jobs", str(jobs)])
     return json.loads(result.stdout)
 
 
 def summary_rows(result: dict) -> dict[str, dict[str, float]]:
     """{method: {metric: mean}} from evaluate's JSON (one block per method)."""
-    methods = result.get("methods", result)
+    methods = result["methods"] if "methods" in result else {result["method"]: result}
     return {method: {m: v["mean"] for m, v in block["summary"].items()} for method, block in methods.items()}
 
 
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         model_args = ["--weights", weights] if Path(weights).suffix == ".safetensors" else ["--model", weights]
         result = evaluate_set(name, args.data / ir_rel, args.data / vis_rel, args.out / name, model_args, args.jobs)
         rows = summary_rows(result)
-        n_pairs = max(v["n"] for block in result.get("methods", result).values() for v in block["summary"].values())
+        n_pairs = max(v["n"] for block in result["methods"].values() for v in block["summary"].values())
         report[name] = {"rows": rows, "n_pairs": n_pairs}
         rows = {**rows, **REFERENCE_ROWS.get(name, {})}
         sections.append(markdown_table(name, rows, n_pairs))
