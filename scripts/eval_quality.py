@@ -66,7 +66,7 @@ def trivial_fusions(ir_dir: Path, vis_dir: Path, out: Path) -> None:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode not in (0,):
+    if result.returncode != 0:
         sys.stderr.write(result.stderr)
         raise SystemExit(f"failed ({result.returncode}): {' '.join(cmd)}")
     return result

@@ -28,6 +28,8 @@ from numba import prange
 from numba.core import types
 from numba.extending import intrinsic, overload
 
+from diffmf_cli.ops._autograd import grads_for_inputs, input_dtypes
+
 # Steps between stored states. The backward's scratch (2 x CHUNK x N floats) stays in L1 at this size.
 CHUNK = 64
 _SOFTPLUS_THRESHOLD = 20.0  # same as torch.nn.functional.softplus and mamba-ssm
@@ -369,7 +371,7 @@ class _CpuScan(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(u_, delta_, A_, Bt, Ct, D_, z_, bias_, ckpt)
             ctx.flags = (bool(delta_softplus), z is not None, B.dim(), C.dim())
-            ctx.dtypes = tuple(t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias))
+            ctx.dtypes = input_dtypes(u, delta, A, B, C, D, z, delta_bias)
         return y.to(u.dtype), last
 
     @staticmethod
@@ -403,15 +405,11 @@ class _CpuScan(torch.autograd.Function):
             x = (x[0] if parts == 1 else x.sum(0)).transpose(-1, -2)  # (batch, G, N, L)
             return x.squeeze(1) if ndim == 3 else x
 
-        dtypes = ctx.dtypes
         grads = [
             gu, gdelta, gA_rows.sum(0), back(gB_parts, b_dim), back(gC_parts, c_dim),
             gD_rows.sum(0), gz if has_z else None, gbias_rows.sum(0),
         ]
-        out = []
-        for i, (g, dt) in enumerate(zip(grads, dtypes)):
-            out.append(g.to(dt) if (g is not None and dt is not None and ctx.needs_input_grad[i]) else None)
-        return (*out, None, None)
+        return grads_for_inputs(ctx, grads)
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from diffmf_cli.ops._autograd import grads_for_inputs, input_dtypes
+
 CHUNK = 32
 _SOFTPLUS_THRESHOLD = 20.0
 
@@ -230,7 +232,7 @@ class _TritonScan(torch.autograd.Function):
         if need_grad:
             ctx.save_for_backward(u_, delta_, A_, B_, C_, D_, z_, bias_, ckpt)
             ctx.meta = (bool(delta_softplus), B.dim(), C.dim(), groups)
-            ctx.dtypes = tuple(t.dtype if t is not None else None for t in (u, delta, A, B, C, D, z, delta_bias))
+            ctx.dtypes = input_dtypes(u, delta, A, B, C, D, z, delta_bias)
         return y, last
 
     @staticmethod
@@ -269,10 +271,7 @@ class _TritonScan(torch.autograd.Function):
         grads = [gu, gdelta, gA.sum(0), regroup(gB, b_dim), regroup(gC, c_dim),
                  gD.sum(0) if D_ is not None else None, gz if z_ is not None else None,
                  gbias.sum(0) if bias_ is not None else None]
-        out = []
-        for i, (g, dt) in enumerate(zip(grads, ctx.dtypes)):
-            out.append(g.to(dt) if (g is not None and dt is not None and ctx.needs_input_grad[i]) else None)
-        return (*out, None, None)
+        return grads_for_inputs(ctx, grads)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
