@@ -26,7 +26,12 @@ Our decisions (the paper is silent on each; all are fields of `DiffMFConfig`):
   row-major order); lower levels are average-pooled F^c; on the way up each level's output is up-sampled,
   concatenated with the next level's and merged by a 1×1 conv.
 - VSS block: VMamba's (four scan directions), no MLP after it; d_state and expansion per preset.
-- Output: sigmoid of the decoder's last conv, so the fused Y is always in [0, 1].
+- Output head (`head`): ``"blend"`` (the presets' default): the decoder's last conv gives two maps o₁, o₂; the
+  fused Y is ``clamp(w·IR + (1 − w)·Y + r, 0, 1)`` with a per-pixel weight ``w = σ(o₁)`` and a bounded detail
+  residual ``r = residual_scale·tanh(o₂)``; that conv starts at zero, so training starts from the mean of the
+  sources. The network chooses between source pixels and adds detail instead of redrawing the image.
+  ``"direct"``: the fused Y is the sigmoid of a one-channel last conv (drawn from scratch; the first release's
+  head, kept for the ablation; weights files without a ``head`` field are this head).
 - Padding: inputs are reflect-padded (replicate where the image is too small to reflect) to a multiple of
   `stride_multiple` and the output cropped back, so any H, W >= 1 works.
 """
@@ -41,6 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffmf_cli.modules.exchange import ChannelExchange, DifferenceStage, SpatialExchange, conv3x3
+
+
+HEADS = ("blend", "direct")
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class DiffMFConfig:
     use_channel_exchange: bool = True  # False: no CEM at all
     exchange_bc: bool = True           # False: CEM scans with each modality's own B/C
     use_spatial_exchange: bool = True  # False: the SEM is replaced by a 1×1 conv of [F_ir^c, F_vi^c]
+    head: str = "blend"                # "blend": w·IR + (1-w)·Y + r;  "direct": sigmoid(conv)
+    residual_scale: float = 0.5        # blend head: |r| <= residual_scale
 
     def __post_init__(self):
         if self.dim < 1 or self.stem_channels < 1 or self.d_state < 1 or self.decoder_channels < 1:
@@ -72,6 +82,10 @@ class DiffMFConfig:
         if unknown or not self.sem_arrangements:
             raise ValueError(f"sem_arrangements must be a non-empty subset of column/row/concat, got "
                              f"{self.sem_arrangements}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if not self.residual_scale >= 0:
+            raise ValueError(f"residual_scale must be >= 0, got {self.residual_scale}")
 
     @property
     def stride_multiple(self) -> int:
@@ -90,6 +104,7 @@ class DiffMFConfig:
         if unknown:
             raise ValueError(f"unknown DiffMFConfig fields: {sorted(unknown)}")
         d = dict(d)
+        d.setdefault("head", "direct")  # files written before the field existed used the direct head
         if "sem_arrangements" in d:
             d["sem_arrangements"] = tuple(d["sem_arrangements"])
         return cls(**d)
@@ -152,7 +167,11 @@ class SpatialPyramid(nn.Module):
 
 class Decoder(nn.Module):
     """Scan-grid features -> fused Y: per ×2 step, bilinear up-sampling, concatenation with both stems' skip at
-    that scale and a 3×3 conv; a last 3×3 conv to one channel and a sigmoid."""
+    that scale and a 3×3 conv; then the output head (see ``DiffMFConfig.head``).
+
+    forward(x, skips_ir, skips_vi, ir, vis_y): ``ir``, ``vis_y`` (B, 1, H, W) in [0, 1] at the skips' full
+    resolution (the blend head mixes them) -> fused Y (B, 1, H, W) in [0, 1].
+    """
 
     def __init__(self, cfg: DiffMFConfig, device=None, dtype=None):
         super().__init__()
@@ -164,13 +183,23 @@ class Decoder(nn.Module):
             out = cfg.decoder_channels if level == 0 else max(cfg.decoder_channels, widths[level])
             self.ups.append(nn.Sequential(conv3x3(width + 2 * widths[level], out, **fk), nn.SiLU()))
             width = out
-        self.head = conv3x3(width, 1, **fk)
+        self.mode = cfg.head
+        self.residual_scale = cfg.residual_scale
+        self.head = conv3x3(width, 2 if cfg.head == "blend" else 1, **fk)
+        if cfg.head == "blend":  # start from the mean of the two sources
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
-    def forward(self, x, skips_ir, skips_vi):
+    def forward(self, x, skips_ir, skips_vi, ir, vis_y):
         for up, s_ir, s_vi in zip(self.ups, reversed(skips_ir), reversed(skips_vi)):
             x = F.interpolate(x, size=s_ir.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, s_ir, s_vi], 1))
-        return torch.sigmoid(self.head(x))
+        out = self.head(x)
+        if self.mode == "direct":
+            return torch.sigmoid(out)
+        weight = torch.sigmoid(out[:, :1])
+        residual = self.residual_scale * torch.tanh(out[:, 1:])
+        return (weight * ir + (1 - weight) * vis_y + residual).clamp(0, 1)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -207,8 +236,9 @@ class DiffMF(nn.Module):
                              f"{tuple(vis_y.shape)}")
         h, w = ir.shape[-2:]
         m = self.config.stride_multiple
-        f_ir, skips_ir = self.stem_ir(pad_to_multiple(ir, m))
-        f_vi, skips_vi = self.stem_vi(pad_to_multiple(vis_y, m))
+        ir, vis_y = pad_to_multiple(ir, m), pad_to_multiple(vis_y, m)
+        f_ir, skips_ir = self.stem_ir(ir)
+        f_vi, skips_vi = self.stem_vi(vis_y)
         for stage in self.stages:
             f_ir, f_vi, _ = stage(f_ir, f_vi)
         if self.channel_exchange is not None:
@@ -217,4 +247,4 @@ class DiffMF(nn.Module):
             fused = self.spatial(f_ir, f_vi)
         else:
             fused = self.spatial(torch.cat([f_ir, f_vi], 1))
-        return self.decoder(fused, skips_ir, skips_vi)[..., :h, :w]
+        return self.decoder(fused, skips_ir, skips_vi, ir, vis_y)[..., :h, :w]

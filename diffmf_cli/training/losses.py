@@ -39,10 +39,13 @@ class LossWeights:
     gradient: float = 20.0
     ssim: float = 10.0
     ssim_weighting: str = "gradient"
+    gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
+        if not self.gradient_gain > 0:
+            raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +120,7 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
                          f"{tuple(fused.shape)}, {tuple(ir.shape)}, {tuple(vis.shape)}")
     intensity = (fused - torch.maximum(ir, vis)).abs().mean()
     g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
-    gradient = (g_f - torch.maximum(g_ir, g_vis)).abs().mean()
+    gradient = (g_f - weights.gradient_gain * torch.maximum(g_ir, g_vis)).abs().mean()
     w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
     structural = (w_ir * ssim(fused, ir) + w_vi * ssim(fused, vis)).mean()
     total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * (1 - structural)

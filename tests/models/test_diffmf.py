@@ -18,10 +18,52 @@ from diffmf_cli.modules.exchange import (
 )
 
 
+def _wake_head(model):
+    """The blend head's last conv starts at zero (output = mean of the sources, no gradient behind it);
+    give it small random weights so the tests exercise the whole network."""
+    torch.nn.init.normal_(model.decoder.head.weight, std=0.1)
+    torch.nn.init.normal_(model.decoder.head.bias, std=0.1)
+    return model
+
+
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return create_model("tiny").eval()
+    return _wake_head(create_model("tiny")).eval()
+
+
+def test_blend_head_starts_from_the_mean_of_the_sources():
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    assert model.config.head == "blend"
+    ir, vi = torch.rand(2, 1, 24, 40), torch.rand(2, 1, 24, 40)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ir, vi), (ir + vi) / 2)
+
+
+def test_blend_head_mixes_sources_and_adds_a_bounded_residual():
+    torch.manual_seed(0)
+    model = create_model(get_config("tiny").replace(residual_scale=0.25)).eval()
+    head = model.decoder.head
+    ir, vi = torch.full((1, 1, 16, 16), 0.8), torch.full((1, 1, 16, 16), 0.2)
+    with torch.inference_mode():
+        head.bias.copy_(torch.tensor([20.0, 0.0]))   # w = σ(20) ≈ 1: the IR pixel
+        torch.testing.assert_close(model(ir, vi), ir, atol=1e-6, rtol=0)
+        head.bias.copy_(torch.tensor([-20.0, 20.0]))  # w ≈ 0, r = 0.25: Y + 0.25
+        torch.testing.assert_close(model(ir, vi), vi + 0.25, atol=1e-6, rtol=0)
+        head.bias.copy_(torch.tensor([20.0, 20.0]))   # IR + 0.25 = 1.05, clamped
+        assert model(ir, vi).max() == 1.0
+
+
+def test_direct_head_is_selectable_and_is_what_old_files_without_the_field_mean():
+    cfg = get_config("tiny").replace(head="direct")
+    model = create_model(cfg)
+    assert model.decoder.head.out_channels == 1
+    legacy = get_config("tiny").to_dict()
+    del legacy["head"], legacy["residual_scale"]
+    assert DiffMFConfig.from_dict(legacy).head == "direct"
+    with pytest.raises(ValueError, match="head"):
+        get_config("tiny").replace(head="sharpen")
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (1, 9), (3, 2), (7, 13), (17, 31), (33, 65), (64, 64)])
@@ -57,7 +99,7 @@ def test_output_depends_on_both_inputs(tiny):
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(1)
-    model = create_model("tiny").train()
+    model = _wake_head(create_model("tiny")).train()
     out = model(torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32))
     out.square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]

@@ -121,3 +121,16 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
     assert np.isclose(LossWeights().to_dict()["intensity"], 20.0)
+
+
+def test_gradient_gain_scales_the_gradient_target():
+    torch.manual_seed(0)
+    ir, vis = torch.rand(2, 1, 24, 24), torch.rand(2, 1, 24, 24)
+    target = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))
+    for gain in (1.0, 1.5):
+        weights = LossWeights(gradient_gain=gain)
+        _, parts = fusion_loss(ir, ir, vis, weights)
+        expected = (sobel_magnitude(ir) - gain * target).abs().mean()
+        torch.testing.assert_close(parts["gradient"], expected)
+    with pytest.raises(ValueError, match="gradient_gain"):
+        LossWeights(gradient_gain=0)
