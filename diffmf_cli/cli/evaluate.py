@@ -31,7 +31,7 @@ def evaluate_command(
     folders: list[Path] = typer.Argument(
         ..., metavar="[FUSED_DIR] IR_DIR VIS_DIR", show_default=False,
         help="The fused images' folder (optional with --fused), then the infrared (or MRI) and visible (or "
-        "CT/PET/SPECT) source folders. Files pair by stem, as for `diffmf fuse`.",
+        "CT/PET/SPECT) source folders. Files pair by stem, as for `diffmf fuse`. With --combine: result files.",
     ),
     fused: list[str] = typer.Option(
         [], "--fused", metavar="NAME=DIR", show_default=False,
@@ -56,13 +56,18 @@ def evaluate_command(
                                    "paths)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no warnings; errors are "
                                "still listed."),
+    combine: bool = typer.Option(False, "--combine", help="Combine JSON/CSV results of several shards (given "
+                                 "instead of folders) into one, equal to scoring all their images at once."),
 ) -> None:
     """Score fused images: EN SD SF AG MI SCD VIF Qabf SSIM CC MSE PSNR Nabf MS-SSIM, per image and summarised."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     try:
-        code = _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs,
-                    recursive, quiet)
+        if combine:
+            code = _combine(out, folders, fmt, output, per_image, bool(fused or metrics or report))
+        else:
+            code = _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs,
+                        recursive, quiet)
     except DiffMFError as exc:
         err.print(f"diffmf evaluate: error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
@@ -152,6 +157,26 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
         if not quiet:
             err.print(f"report: {written}", markup=False)
     return 1 if (plan.errors or failures) else 0
+
+
+def _combine(out, files, fmt, output, per_image, scoring_options) -> int:
+    from diffmf_cli.metrics.combine import combine_results
+
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if scoring_options:
+        raise UsageError("--combine takes result files only (--fused, --metrics and --report score images)")
+    doc = combine_results(files)
+    names = list(doc["metrics"])
+    text = render(doc, names, fmt, per_image)
+    if output is not None:
+        _write_text(output, text)
+    elif fmt == "table":
+        _print_table(out, doc, names, per_image)
+    else:
+        typer.echo(text, nl=False)
+    return 1 if doc["errors"] else 0
 
 
 def _folder_name(path: Path) -> str:

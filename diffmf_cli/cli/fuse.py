@@ -43,7 +43,8 @@ def fuse_command(
                                           help="Output folder (or, for one pair of files, an output file "
                                           "name). Needed unless every --pairs row names its output."),
     pairs_csv: Optional[Path] = typer.Option(None, "--pairs", help="CSV of pairs: rows ir,vis[,out]; "
-                                             "relative paths are relative to the CSV file."),
+                                             "relative paths are relative to the CSV file. - reads it from "
+                                             "stdin (paths relative to the current folder)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders; mirror them in OUTPUT."),
     strict: bool = typer.Option(False, "--strict", help="Files without a partner are an error (nothing is fused)."),
     gray: bool = typer.Option(False, "--gray", help="Write the fused luminance only, even for colour inputs."),
@@ -57,7 +58,8 @@ def fuse_command(
     tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; auto (from free "
                              "memory) or off."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: fuse only the K-th (0-based) of N "
-                                        "disjoint, stable slices of the pairs."),
+                                        "disjoint, stable slices of the pairs; auto: this SLURM array task's "
+                                        "slice."),
     model: Optional[str] = typer.Option(None, "--model", help="Shipped model: ir-vis (default) or medical."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="A diffmf weights file (.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (a record per pair) on stdout."),

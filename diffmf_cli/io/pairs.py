@@ -17,8 +17,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 from diffmf_cli.errors import UsageError
 
@@ -125,14 +128,22 @@ def pair_folders(ir_dir: Path | str, vis_dir: Path | str, recursive: bool = Fals
     )
 
 
-def read_pair_list(csv_path: Path | str) -> list[Pair]:
-    """Pairs from a CSV file with rows ``ir,vis[,out]``.
+def read_pair_list(csv_path: Path | str, stdin: TextIO | None = None) -> list[Pair]:
+    """Pairs from a CSV file with rows ``ir,vis[,out]``; ``-`` reads the CSV from `stdin` (default
+    ``sys.stdin``), with relative paths taken from the current folder.
 
     A first row whose first two cells are ``ir,vis`` (any case) is a header. Relative paths are taken
     relative to the CSV file's folder. A pair's name is the stem of its `out` cell when given, else the
     stem of its IR file; two rows with the same name (or the same output) are a UsageError, since their
     outputs would overwrite each other. The files themselves are not checked here.
     """
+    if str(csv_path) == "-":
+        stream = stdin if stdin is not None else sys.stdin
+        try:
+            text = stream.read()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UsageError(f"--pairs -: cannot read the pair list from standard input ({_reason(exc)})") from exc
+        return parse_pair_list(text.lstrip("\ufeff"), Path("."), "<stdin>")
     path = Path(csv_path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -140,7 +151,12 @@ def read_pair_list(csv_path: Path | str) -> list[Pair]:
         raise UsageError(f"{path}: pair list does not exist") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: cannot read pair list ({_reason(exc)})") from exc
-    base = path.parent
+    return parse_pair_list(text, path.parent, str(path))
+
+
+def parse_pair_list(text: str, base: Path, source: str) -> list[Pair]:
+    """Pairs from the text of a pair list (see `read_pair_list`); `base` anchors relative paths and
+    `source` names the list in error messages."""
     pairs: list[Pair] = []
     seen: dict[str, int] = {}
     for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
@@ -150,28 +166,53 @@ def read_pair_list(csv_path: Path | str) -> list[Pair]:
         if lineno == 1 and len(cells) >= 2 and [c.lower() for c in cells[:2]] == ["ir", "vis"]:
             continue
         if len(cells) not in (2, 3) or not cells[0] or not cells[1]:
-            raise UsageError(f"{path}:{lineno}: expected 'ir,vis' or 'ir,vis,out', got {len(cells)} cells")
+            raise UsageError(f"{source}:{lineno}: expected 'ir,vis' or 'ir,vis,out', got {len(cells)} cells")
         ir, vis = base / cells[0], base / cells[1]
         out = base / cells[2] if len(cells) == 3 and cells[2] else None
         name = str(PurePosixPath(cells[2].replace("\\", "/")).with_suffix("")) if out else ir.stem
         key = str(out.resolve()) if out else name
         if key in seen:
-            raise UsageError(f"{path}:{lineno}: same output as line {seen[key]} ({out or name})")
+            raise UsageError(f"{source}:{lineno}: same output as line {seen[key]} ({out or name})")
         seen[key] = lineno
         pairs.append(Pair(name, ir, vis, out))
     return pairs
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``K/N`` (0 <= K < N) into (K, N); raises UsageError otherwise."""
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """Parse ``K/N`` (0 <= K < N) into (K, N), or ``auto`` for the shard of this SLURM array task (see
+    `slurm_array_shard`); raises UsageError otherwise."""
+    if text.strip().lower() == "auto":
+        return slurm_array_shard(os.environ if environ is None else environ)
     try:
         k_text, n_text = text.split("/")
         k, n = int(k_text), int(n_text)
     except ValueError:
-        raise UsageError(f"--shard: expected K/N with 0 <= K < N (e.g. 0/4), got {text!r}") from None
+        raise UsageError(f"--shard: expected K/N with 0 <= K < N (e.g. 0/4) or auto, got {text!r}") from None
     if n < 1 or not 0 <= k < n:
         raise UsageError(f"--shard: expected K/N with 0 <= K < N (e.g. 0/4 ... 3/4), got {text!r}")
     return k, n
+
+
+def slurm_array_shard(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(K, N) of a SLURM array task: K = (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP
+    (step 1 when unset), N = SLURM_ARRAY_TASK_COUNT. UsageError outside an array job, or for an array whose
+    task ids are not one evenly stepped range (``--array=1,5,6``), where K would not be 0..N-1."""
+    keys = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
+    missing = [key for key in keys if not environ.get(key, "").strip()]
+    if missing:
+        raise UsageError(f"--shard auto: not in a SLURM array job ({', '.join(missing)} not set); "
+                         "submit with sbatch --array=0-N or give --shard K/N")
+    try:
+        task, low, count = (int(environ[key]) for key in keys)
+        step = int(environ.get("SLURM_ARRAY_TASK_STEP", "").strip() or 1)
+    except ValueError:
+        raise UsageError("--shard auto: SLURM_ARRAY_TASK_ID/_MIN/_COUNT/_STEP are not whole numbers: "
+                         + ", ".join(f"{k}={environ.get(k)!r}" for k in (*keys, "SLURM_ARRAY_TASK_STEP"))) from None
+    offset = task - low
+    if step < 1 or count < 1 or offset < 0 or offset % step or offset // step >= count:
+        raise UsageError(f"--shard auto: array task {task} is not one of {count} evenly stepped tasks from {low} "
+                         f"(step {step}); use --array=A-B[:S], or give --shard K/N")
+    return offset // step, count
 
 
 def shard_of(name: str, n: int) -> int:
@@ -198,8 +239,10 @@ __all__ = [
     "is_image_file",
     "list_images",
     "pair_folders",
+    "parse_pair_list",
     "parse_shard",
     "read_pair_list",
     "select_shard",
     "shard_of",
+    "slurm_array_shard",
 ]

@@ -134,3 +134,39 @@ def test_shards_disjoint_cover_and_stable():
         assert {p.name for p in select_shard(subset, k, n)} == {p.name for p in shards[k]} & {p.name for p in subset}
     # Stable across processes/releases: a fixed value (sha1 based, not Python's salted hash).
     assert shard_of("img0000", 7) == int.from_bytes(__import__("hashlib").sha1(b"img0000").digest()[:8], "big") % 7
+
+
+def test_pair_list_from_stdin_is_relative_to_the_current_folder():
+    import io
+
+    from diffmf_cli.io.pairs import read_pair_list as read
+
+    pairs = read("-", stdin=io.StringIO("\ufeffir,vis,out\nt/1.png,v/1.png\nt/2.png,v/2.png,o/two.png\n"))
+    assert [(p.name, p.ir, p.vis, p.out) for p in pairs] == [
+        ("1", Path("t/1.png"), Path("v/1.png"), None),
+        ("o/two", Path("t/2.png"), Path("v/2.png"), Path("o/two.png")),
+    ]
+    with pytest.raises(UsageError, match=r"<stdin>:2: expected"):
+        read("-", stdin=io.StringIO("a.png,b.png\nonly-one-cell\n"))
+
+
+SLURM = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5", "SLURM_ARRAY_TASK_COUNT": "4"}
+
+
+def test_shard_auto_reads_the_slurm_array_task():
+    assert parse_shard("auto", SLURM) == (2, 4)
+    assert parse_shard("auto", {**SLURM, "SLURM_ARRAY_TASK_ID": "5"}) == (0, 4)
+    stepped = {"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "5",
+               "SLURM_ARRAY_TASK_STEP": "2"}  # --array=0-8:2
+    assert parse_shard("auto", stepped) == (3, 5)
+
+
+def test_shard_auto_fails_in_one_line_outside_an_array_job():
+    with pytest.raises(UsageError, match="not in a SLURM array job") as info:
+        parse_shard("auto", {"SLURM_JOB_ID": "12"})
+    assert "\n" not in str(info.value)
+    with pytest.raises(UsageError, match="not one of 3 evenly stepped tasks"):
+        parse_shard("auto", {"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "1",
+                             "SLURM_ARRAY_TASK_COUNT": "3"})  # --array=1,5,9
+    with pytest.raises(UsageError, match="whole numbers"):
+        parse_shard("auto", {**SLURM, "SLURM_ARRAY_TASK_ID": "x"})
