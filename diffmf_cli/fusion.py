@@ -232,14 +232,21 @@ class _Loaded:
 
 
 def load_pair(pair: Pair, keep_colour: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
-    """Read a pair -> (ir, y, crcb, depth) as described in `_Loaded`. InputError on a bad file or a size
-    mismatch (the message gives both sizes). Gray, fake-gray (R=G=B) and RGBA inputs are all accepted."""
-    ir_raw = read_image(pair.ir)
-    vis_raw = read_image(pair.vis)
+    """Read a pair -> (ir, y, crcb, depth) as described in `_Loaded` (see `prepare_pair`). InputError on a
+    bad file or a size mismatch (the message gives both sizes)."""
+    return prepare_pair(read_image(pair.ir), read_image(pair.vis), keep_colour, str(pair.ir), str(pair.vis))
+
+
+def prepare_pair(ir_raw: np.ndarray, vis_raw: np.ndarray, keep_colour: bool = True, ir_name: str = "ir",
+                 vis_name: str = "vis") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """Raw images (see `diffmf_cli.io.images`) -> (ir, y, crcb, depth): IR and visible luminance (H, W) float32
+    in [0, 1], the visible chroma (H, W, 2) or None (gray visible, or `keep_colour` off) and the bit depth
+    (16 when either input has 16 bits). Gray, fake-gray (R=G=B) and colour inputs are all accepted;
+    InputError (naming both) when the sizes differ, since nothing is resized."""
     if ir_raw.shape[:2] != vis_raw.shape[:2]:
         (ih, iw), (vh, vw) = ir_raw.shape[:2], vis_raw.shape[:2]
         raise InputError(
-            f"{pair.ir} is {iw}x{ih} but {pair.vis} is {vw}x{vh} (width x height); "
+            f"{ir_name} is {iw}x{ih} but {vis_name} is {vw}x{vh} (width x height); "
             "a pair must be registered at one size, nothing is resized"
         )
     depth = max(bit_depth(ir_raw), bit_depth(vis_raw))
@@ -248,6 +255,31 @@ def load_pair(pair: Pair, keep_colour: bool = True) -> tuple[np.ndarray, np.ndar
         return ir, to_float(to_gray(vis_raw)), None, depth
     y, crcb = rgb_to_ycrcb(to_float(vis_raw))
     return ir, y, (crcb if keep_colour else None), depth
+
+
+def finish_pair(fused: np.ndarray, crcb: np.ndarray | None, depth: int) -> np.ndarray:
+    """The fused luminance (H, W) float in [0, 1] -> the raw image that is written: gray, or RGB with the
+    visible chroma put back; uint8 (depth 8) or uint16 (depth 16)."""
+    if crcb is not None:
+        return from_float(ycrcb_to_rgb(fused, crcb), depth)
+    return from_float(fused, depth)
+
+
+def parse_tile(value: str | int | None) -> int | None:
+    """Tile setting: ``"auto"`` / None (from free memory) -> None, ``"off"`` / 0 -> 0, a size in pixels -> int."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    key = str(value).strip().lower()
+    if key == "auto":
+        return None
+    if key in ("off", "0", "none"):
+        return 0
+    try:
+        return int(key)
+    except ValueError:
+        raise UsageError(f"--tile {value}: expected auto, off or a size in pixels") from None
 
 
 # ------------------------------------------------------------------------------------------------ tiling
@@ -334,6 +366,14 @@ class FusionEngine:
         return 1, max(self._multiple, side - side % self._multiple)
 
     # ---- compute
+
+    def fuse_images(self, ir: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Fuse same-size images as a run would: ir, y (B, H, W) float32 in [0, 1] -> (B, H, W), in the
+        batches and tiles that `plan` chooses, with the out-of-memory fallback. DiffMFError when the network
+        fails."""
+        batch, tile = self.plan(*ir.shape[1:])
+        return np.concatenate([self._fuse_with_fallback(ir[i:i + batch], y[i:i + batch], tile)
+                               for i in range(0, ir.shape[0], batch)])
 
     @torch.inference_mode()
     def fuse_arrays(self, ir: np.ndarray, y: np.ndarray, tile: int | None = None,
@@ -532,10 +572,7 @@ class FusionEngine:
         pair = item.pair
         try:
             depth = item.depth if item.out.suffix.lower() in SIXTEEN_BIT_EXTENSIONS else 8
-            if item.crcb is not None:
-                image = from_float(ycrcb_to_rgb(fused, item.crcb), depth)
-            else:
-                image = from_float(fused, depth)
+            image = finish_pair(fused, item.crcb, depth)
             write_image(item.out, image, durable=self.options.durable)
             status, error = "fused", None
         except DiffMFError as exc:
@@ -594,8 +631,11 @@ __all__ = [
     "FusionEngine",
     "PairResult",
     "Summary",
+    "finish_pair",
     "load_pair",
     "output_path",
+    "parse_tile",
+    "prepare_pair",
     "resolve_device",
     "resolve_precision",
     "tile_starts",

@@ -21,18 +21,6 @@ from diffmf_cli.cli.app import app
 from diffmf_cli.errors import DiffMFError, InputError, UsageError
 
 
-def _parse_tile(text: str) -> int | None:
-    key = text.strip().lower()
-    if key == "auto":
-        return None
-    if key in ("off", "0", "none"):
-        return 0
-    try:
-        return int(key)
-    except ValueError:
-        raise UsageError(f"--tile {text}: expected auto, off or a size in pixels") from None
-
-
 @app.command("fuse")
 def fuse_command(
     ir: Optional[Path] = typer.Argument(None, help="Folder of infrared (or MRI) images, or one image file.",
@@ -82,16 +70,17 @@ def fuse_command(
 
 def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device, batch_size,
          precision, tile, shard, model, weights, as_json, quiet) -> int:
-    from diffmf_cli.fusion import FuseOptions, FusionEngine, PairResult, Summary, resolve_device, resolve_precision
+    from diffmf_cli.api import Fuser
+    from diffmf_cli.fusion import FuseOptions, PairResult, Summary, parse_tile, resolve_device, resolve_precision
     from diffmf_cli.io.pairs import Pair, is_image_file, pair_folders, parse_shard, read_pair_list, select_shard
 
     options = FuseOptions(ext=ext.lower().lstrip("."), gray=gray, overwrite=overwrite, batch_size=batch_size,
-                          tile=_parse_tile(tile))
+                          tile=parse_tile(tile))
     shard_k_n = parse_shard(shard) if shard is not None else None
     if model is not None and weights is not None:
         raise UsageError("give --model or --weights, not both")
     torch_device = resolve_device(device)
-    dtype = resolve_precision(precision, torch_device)
+    resolve_precision(precision, torch_device)  # a bad setting stops the run before the pairs are listed
 
     # ---- which pairs
     pairs: list[Pair]
@@ -131,8 +120,9 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         failed_early = [(n, r) for n, r in failed_early if _in_shard(n, shard_k_n)]
 
     # ---- the model
-    net, weights_path = _load_model(model, weights, torch_device)
-    engine = FusionEngine(net, torch_device, dtype, options)
+    fuser = Fuser(model, weights=weights, device=device, precision=precision, tile=options.tile,
+                  batch_size=options.batch_size)
+    weights_path = fuser.weights_path
 
     # ---- run
     if not quiet:
@@ -147,7 +137,7 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         task = progress.add_task("fusing", total=len(pairs)) if progress else None
         if progress:
             progress.start()
-        for result in engine.run(pairs, out_dir):
+        for result in fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite):
             summary.add(result)
             if progress:
                 progress.advance(task)
@@ -183,25 +173,6 @@ def _in_shard(name: str, k_n: tuple[int, int]) -> bool:
     from diffmf_cli.io.pairs import shard_of
 
     return shard_of(name, k_n[1]) == k_n[0]
-
-
-def _load_model(model: str | None, weights: Path | None, device):
-    """Load the shipped model (by name) or a weights file; CheckpointError (exit 2) when it cannot."""
-    from diffmf_cli.errors import CheckpointError
-    from diffmf_cli.weights import SHIPPED_MODELS, load_weights, resolve_weights
-
-    if weights is not None:
-        path = resolve_weights(weights)
-    else:
-        name = model or "ir-vis"
-        if name not in SHIPPED_MODELS:
-            raise UsageError(f"--model {name}: expected one of {', '.join(SHIPPED_MODELS)} (or use --weights PATH)")
-        try:
-            path = resolve_weights(name)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; no trained weights, so nothing is fused (pass --weights PATH)") from None
-    net, _meta = load_weights(path, device=device)
-    return net, path
 
 
 def _progress(console: Console, total: int):

@@ -3,12 +3,14 @@
 from diffmf_cli.io.images import (
     bit_depth,
     from_float,
+    from_opencv,
     is_gray,
     read_gray_float,
     read_image,
     rgb_to_ycrcb,
     to_float,
     to_gray,
+    to_opencv,
     write_image,
     ycrcb_to_rgb,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "Pairing",
     "bit_depth",
     "from_float",
+    "from_opencv",
     "is_gray",
     "is_image_file",
     "list_images",
@@ -44,6 +47,7 @@ __all__ = [
     "shard_of",
     "to_float",
     "to_gray",
+    "to_opencv",
     "write_image",
     "ycrcb_to_rgb",
 ]

@@ -49,8 +49,17 @@ def read_image(path: Path | str) -> np.ndarray:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image; {data.size} bytes)")
+    return from_opencv(img, str(path))
+
+
+def from_opencv(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """An array as OpenCV decodes it (``cv2.imread(path, cv2.IMREAD_UNCHANGED)``: (H, W), (H, W, 1), gray+alpha
+    (H, W, 2), BGR (H, W, 3) or BGRA (H, W, 4); uint8 or uint16) -> a raw image: (H, W) or RGB (H, W, 3), alpha
+    dropped. InputError naming `name` for any other type or shape."""
+    if not isinstance(img, np.ndarray):
+        raise InputError(f"{name}: expected a NumPy array as OpenCV reads images, got {type(img).__name__}")
     if img.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"{path}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
+        raise InputError(f"{name}: unsupported pixel type {img.dtype} (only 8- and 16-bit images)")
     if img.ndim == 3:
         channels = img.shape[2]
         if channels == 1:
@@ -60,8 +69,17 @@ def read_image(path: Path | str) -> np.ndarray:
         elif channels in (3, 4):
             img = np.ascontiguousarray(img[:, :, 2::-1])  # BGR(A) -> RGB
         else:
-            raise InputError(f"{path}: unsupported image with {channels} channels")
+            raise InputError(f"{name}: unsupported image with {channels} channels")
+    elif img.ndim != 2:
+        raise InputError(f"{name}: expected an (H, W) or (H, W, C) image, got shape {img.shape}")
+    if img.size == 0:
+        raise InputError(f"{name}: empty image (shape {img.shape})")
     return img
+
+
+def to_opencv(img: np.ndarray) -> np.ndarray:
+    """A raw image ((H, W) or RGB (H, W, 3)) -> the array OpenCV writes as it: (H, W) or BGR (H, W, 3)."""
+    return np.ascontiguousarray(img[:, :, ::-1]) if img.ndim == 3 else img
 
 
 def bit_depth(img: np.ndarray) -> int:
@@ -135,7 +153,7 @@ def write_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95, du
         raise InputError(f"{path}: {ext[1:]} cannot hold 16-bit pixels (use png or tif)")
     if img.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"write_image takes uint8/uint16 arrays, got {img.dtype}")
-    bgr = img[:, :, ::-1] if img.ndim == 3 else img
+    bgr = to_opencv(img)
     params: list[int] = []
     if ext in (".jpg", ".jpeg"):
         params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]

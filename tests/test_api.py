@@ -1,0 +1,135 @@
+"""The Python API (`from diffmf_cli import Fuser`): arrays as OpenCV reads them in, exactly the bytes that
+`diffmf fuse` writes out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffmf_cli.cli.app import _register, app
+from diffmf_cli.errors import InputError, UsageError
+
+_register()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = REPO_ROOT / "diffmf_cli" / "samples"
+RNG = np.random.default_rng(5)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    from diffmf_cli.models import create_model
+    from diffmf_cli.weights import save_weights
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(path, create_model("tiny"), {"name": "tiny test model (random)"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def fuser(tiny_weights):
+    from diffmf_cli import Fuser
+
+    return Fuser(weights=tiny_weights, device="cpu")
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """The file `diffmf fuse` writes for `array` (PNG, compression 3)."""
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    assert ok
+    return buf.tobytes()
+
+
+def write_inputs(root: Path) -> dict[str, tuple]:
+    """Pairs of every kind: gray/colour visible, 8/16 bits, BGRA, odd sizes; name -> (ir_file, vis_file)."""
+    cases = {
+        "gray8": (RNG.integers(0, 256, (20, 28)).astype(np.uint8), RNG.integers(0, 256, (20, 28)).astype(np.uint8)),
+        "colour8": (RNG.integers(0, 256, (17, 23)).astype(np.uint8),
+                    RNG.integers(0, 256, (17, 23, 3)).astype(np.uint8)),
+        "colour16": (RNG.integers(0, 65536, (12, 30)).astype(np.uint16),
+                     RNG.integers(0, 65536, (12, 30, 3)).astype(np.uint16)),
+        "bgra_ir": (RNG.integers(0, 256, (9, 9, 4)).astype(np.uint8), RNG.integers(0, 256, (9, 9)).astype(np.uint8)),
+    }
+    for name, (ir, vis) in cases.items():
+        (root / "ir").mkdir(exist_ok=True), (root / "vis").mkdir(exist_ok=True)
+        cv2.imwrite(str(root / "ir" / f"{name}.png"), ir)
+        cv2.imwrite(str(root / "vis" / f"{name}.png"), vis)
+    return cases
+
+
+def test_import_is_light_and_fuser_is_exported():
+    import diffmf_cli
+
+    assert "Fuser" in diffmf_cli.__all__ and diffmf_cli.Fuser.__name__ == "Fuser"
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_fuse_gives_the_cli_bytes(fuser, tiny_weights, tmp_path, gray):
+    write_inputs(tmp_path)
+    args = ["fuse", str(tmp_path / "ir"), str(tmp_path / "vis"), "-o", str(tmp_path / "out"),
+            "--weights", str(tiny_weights), "--device", "cpu", "--json"] + (["--gray"] if gray else [])
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["fused"] == 4
+    for out in sorted((tmp_path / "out").iterdir()):
+        ir = cv2.imread(str(tmp_path / "ir" / out.name), cv2.IMREAD_UNCHANGED)
+        vis = cv2.imread(str(tmp_path / "vis" / out.name), cv2.IMREAD_UNCHANGED)
+        fused = fuser.fuse(ir, vis, gray=gray)
+        on_disk = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert fused.dtype == on_disk.dtype and fused.shape == on_disk.shape, out.name
+        assert png_bytes(fused) == out.read_bytes(), out.name
+        colour = vis.ndim == 3 and not gray
+        assert fused.ndim == (3 if colour else 2)
+        assert fused.dtype == (np.uint16 if "16" in out.name else np.uint8)
+
+
+def test_fuse_batch_equals_one_pair_at_a_time(fuser):
+    irs = [RNG.integers(0, 256, (16, 16)).astype(np.uint8) for _ in range(3)]
+    viss = [RNG.integers(0, 256, (16, 16, 3)).astype(np.uint8) for _ in range(3)]
+    batched = fuser.fuse_batch(irs, viss)
+    assert len(batched) == 3
+    for ir, vis, got in zip(irs, viss, batched):
+        assert np.array_equal(got, fuser.fuse(ir, vis))
+    assert fuser.fuse_batch([], []) == []
+
+
+def test_bad_arrays_raise_typed_errors(fuser, tiny_weights):
+    from diffmf_cli import Fuser
+
+    ir = np.zeros((8, 8), np.uint8)
+    with pytest.raises(InputError, match=r"ir\[0\] is 8x8 but vis\[0\] is 9x8"):
+        fuser.fuse(ir, np.zeros((8, 9), np.uint8))
+    with pytest.raises(InputError, match="unsupported pixel type float32"):
+        fuser.fuse(ir.astype(np.float32), ir)
+    with pytest.raises(InputError, match="pairs of one size only"):
+        fuser.fuse_batch([ir, np.zeros((4, 4), np.uint8)], [ir, np.zeros((4, 4), np.uint8)])
+    with pytest.raises(UsageError, match="--model nope"):
+        Fuser("nope")
+    with pytest.raises(UsageError, match="tile"):
+        Fuser(weights=tiny_weights, tile="big")
+
+
+def test_shipped_model_on_the_sample_pairs_gives_the_cli_bytes(tmp_path):
+    from diffmf_cli import Fuser
+    from diffmf_cli.errors import CheckpointError
+
+    try:
+        fuser = Fuser("ir-vis", device="cpu")
+    except CheckpointError as exc:
+        pytest.skip(f"the shipped IR-visible weights are not installed ({exc})")
+    names = ["roadscene_FLIR_00211", "tno_07"]  # a colour and a gray visible image
+    listing = tmp_path / "pairs.csv"
+    listing.write_text("".join(f"{SAMPLES}/ir/{n}{ext},{SAMPLES}/vis/{n}{ext}\n"
+                               for n, ext in zip(names, (".jpg", ".png"))))
+    res = CliRunner().invoke(app, ["fuse", "--pairs", str(listing), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    for name, ext in zip(names, (".jpg", ".png")):
+        ir = cv2.imread(str(SAMPLES / "ir" / f"{name}{ext}"), cv2.IMREAD_UNCHANGED)
+        vis = cv2.imread(str(SAMPLES / "vis" / f"{name}{ext}"), cv2.IMREAD_UNCHANGED)
+        assert png_bytes(fuser.fuse(ir, vis)) == (tmp_path / "out" / f"{name}.png").read_bytes()
