@@ -318,38 +318,13 @@ def summarize(seconds: Iterable[float]) -> dict:
     }
 
 
-@dataclass
-class ScanTime:
-    seconds: float = 0.0
-    calls: int = 0
-
-
-@contextlib.contextmanager
 def scan_timer(device: torch.device):
-    """Within the block, time every `ScanParams.scan` call (the selective scans of the whole network).
+    """Within the block, count and time every selective scan of the network (`modules.vss.watch_scans`,
+    synchronising `device` around each): `.seconds`, `.calls`. On CUDA the total is an upper bound (the
+    synchronisation removes the scan's overlap with its neighbours); on CPU it is exact."""
+    from diffmf_cli.modules.vss import watch_scans
 
-    Each call is bracketed by device synchronisation, which removes CUDA's overlap of the scan with its
-    neighbours: the total is an upper bound there; on CPU it is exact."""
-    from diffmf_cli.modules import vss
-
-    original = vss.ScanParams.scan
-    record = ScanTime()
-    sync = synchronizer(device)
-
-    def timed(self, *args, **kwargs):
-        sync()
-        start = time.perf_counter()
-        out = original(self, *args, **kwargs)
-        sync()
-        record.seconds += time.perf_counter() - start
-        record.calls += 1
-        return out
-
-    vss.ScanParams.scan = timed
-    try:
-        yield record
-    finally:
-        vss.ScanParams.scan = original
+    return watch_scans(synchronizer(device))
 
 
 def fit_exponent(pixels: Iterable[float], seconds: Iterable[float]) -> float:

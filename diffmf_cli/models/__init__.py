@@ -42,18 +42,18 @@ def model_cost(preset_or_config: str | DiffMFConfig, size: tuple[int, int] = (51
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diffmf_cli.modules.vss import count_scan_updates
+    from diffmf_cli.modules.vss import watch_scans
 
     cfg = get_config(preset_or_config)
     model = DiffMF(cfg).eval()
     x = torch.rand(1, 1, *size)
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter, count_scan_updates() as updates:
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter, watch_scans() as scans:
         model(x, x)
     megapixels = size[0] * size[1] / 1e6
     return {
         "params": sum(p.numel() for p in model.parameters()),
         "macs_per_megapixel": counter.get_total_flops() / 2 / megapixels,
-        "scan_updates_per_megapixel": updates.total / megapixels,
+        "scan_updates_per_megapixel": scans.updates / megapixels,
     }
 
 

@@ -45,7 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmf_cli.modules.exchange import ChannelExchange, DifferenceStage, SpatialExchange, conv3x3
+from diffmf_cli.modules.channel_exchange import ChannelExchange, ChannelSelfScan, NoChannelExchange
+from diffmf_cli.modules.difference import DifferenceStage
+from diffmf_cli.modules.layers import conv3x3
+from diffmf_cli.modules.spatial_exchange import NoSpatialExchange, SpatialExchange
 
 
 HEADS = ("blend", "direct")
@@ -142,29 +145,6 @@ def stem_widths(cfg: DiffMFConfig) -> list[int]:
     return [min(cfg.dim, cfg.stem_channels * 2 ** i) for i in range(cfg.stem_downsample)] + [cfg.dim]
 
 
-class SpatialPyramid(nn.Module):
-    """The Spatial-Exchange Module over `sem_levels` levels, merged coarse-to-fine."""
-
-    def __init__(self, cfg: DiffMFConfig, device=None, dtype=None):
-        super().__init__()
-        fk = {"device": device, "dtype": dtype}
-        self.levels = nn.ModuleList(SpatialExchange(cfg.dim, cfg.d_state, cfg.expand, cfg.sem_arrangements, **fk)
-                                    for _ in range(cfg.sem_levels))
-        self.merge = nn.ModuleList(nn.Conv2d(2 * cfg.dim, cfg.dim, 1, **fk) for _ in range(cfg.sem_levels - 1))
-
-    def forward(self, f_ir, f_vi):
-        outs = []
-        for i, level in enumerate(self.levels):
-            if i:
-                f_ir, f_vi = F.avg_pool2d(f_ir, 2), F.avg_pool2d(f_vi, 2)
-            outs.append(level(f_ir, f_vi))
-        fused = outs[-1]
-        for i in range(len(outs) - 2, -1, -1):
-            up = F.interpolate(fused, size=outs[i].shape[-2:], mode="bilinear", align_corners=False)
-            fused = self.merge[i](torch.cat([outs[i], up], 1))
-        return fused
-
-
 class Decoder(nn.Module):
     """Scan-grid features -> fused Y: per ×2 step, bilinear up-sampling, concatenation with both stems' skip at
     that scale and a 3×3 conv; then the output head (see ``DiffMFConfig.head``).
@@ -224,10 +204,15 @@ class DiffMF(nn.Module):
         self.stages = nn.ModuleList(DifferenceStage(cfg.dim, cfg.self_depth, cfg.shared_depth, cfg.d_state,
                                                     cfg.expand, cfg.use_guidance, **fk)
                                     for _ in range(cfg.n_stages))
-        self.channel_exchange = (ChannelExchange(cfg.dim, cfg.d_state, cfg.expand, cfg.exchange_bc, **fk)
-                                 if cfg.use_channel_exchange else None)
-        self.spatial = (SpatialPyramid(cfg, **fk) if cfg.use_spatial_exchange
-                        else nn.Conv2d(2 * cfg.dim, cfg.dim, 1, **fk))
+        # Each ablation switch puts a stand-in module in its slot (the stand-ins have the same weight names).
+        if not cfg.use_channel_exchange:
+            self.channel_exchange = NoChannelExchange()
+        else:
+            cem = ChannelExchange if cfg.exchange_bc else ChannelSelfScan
+            self.channel_exchange = cem(cfg.dim, cfg.d_state, cfg.expand, **fk)
+        self.spatial = (SpatialExchange(cfg.dim, cfg.d_state, cfg.expand, cfg.sem_levels, cfg.sem_arrangements,
+                                        **fk)
+                        if cfg.use_spatial_exchange else NoSpatialExchange(cfg.dim, **fk))
         self.decoder = Decoder(cfg, **fk)
 
     def forward(self, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
@@ -241,10 +226,6 @@ class DiffMF(nn.Module):
         f_vi, skips_vi = self.stem_vi(vis_y)
         for stage in self.stages:
             f_ir, f_vi, _ = stage(f_ir, f_vi)
-        if self.channel_exchange is not None:
-            f_ir, f_vi = self.channel_exchange(f_ir, f_vi)
-        if self.config.use_spatial_exchange:
-            fused = self.spatial(f_ir, f_vi)
-        else:
-            fused = self.spatial(torch.cat([f_ir, f_vi], 1))
+        f_ir, f_vi = self.channel_exchange(f_ir, f_vi)
+        fused = self.spatial(f_ir, f_vi)
         return self.decoder(fused, skips_ir, skips_vi, ir, vis_y)[..., :h, :w]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,23 +18,32 @@ from torch import nn
 
 from diffmf_cli.ops import selective_scan
 
+
 @dataclass
-class ScanCount:
-    total: int = 0
+class ScanWatch:
+    """What `watch_scans` saw: selective-scan state updates (batch · channels · N · L per call), calls, and
+    (when it was given a `sync`) the seconds spent inside the scans."""
+
+    updates: int = 0
+    calls: int = 0
+    seconds: float = 0.0
+    sync: Callable[[], None] | None = None
 
 
-_scan_counters: list[ScanCount] = []
+_watches: list[ScanWatch] = []
 
 
 @contextlib.contextmanager
-def count_scan_updates():
-    """Within the block, count selective-scan state updates (batch · channels · N · L per call)."""
-    counter = ScanCount()
-    _scan_counters.append(counter)
+def watch_scans(sync: Callable[[], None] | None = None) -> Iterator[ScanWatch]:
+    """Within the block, count every selective scan (`ssm_scan`) and its state updates; with `sync` (a
+    function that waits for the device) also time each scan, bracketed by `sync` calls. Bracketing removes
+    an asynchronous device's overlap of the scan with its neighbours, so there the time is an upper bound."""
+    watch = ScanWatch(sync=sync)
+    _watches.append(watch)
     try:
-        yield counter
+        yield watch
     finally:
-        _scan_counters.remove(counter)
+        _watches.remove(watch)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -63,7 +74,8 @@ def cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class ScanParams(nn.Module):
-    """Per-direction projections of a sequence to the selective-scan inputs (Δ, B, C) and the SSM constants.
+    """The parameters of K directions' selective scans: the projections of a sequence to the scan inputs
+    (Δ, B, C; `project`) and the SSM constants. The scan itself is `ssm_scan`.
 
     For K directions and d_inner channels: x_proj (K, R + 2N, D), dt_proj (K, D, R), A_log (K·D, N), D (K·D),
     dt_bias (K·D). Initialised as in Mamba (Δ log-uniform in [dt_min, dt_max], A = -[1..N], D = 1).
@@ -103,15 +115,28 @@ class ScanParams(nn.Module):
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj)
         return dts.reshape(b, k * d, length), bs.contiguous(), cs.contiguous()
 
-    def scan(self, xs: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-        """The selective scan of xs (B, K, D, L) with given Δ, B, C; returns (B, K, D, L)."""
-        b, k, d, length = xs.shape
-        for counter in _scan_counters:
-            counter.total += b * k * d * self.d_state * length
-        a = -torch.exp(self.A_log.float())
-        y = selective_scan(xs.reshape(b, k * d, length), dts, a, bs, cs, self.D.float(),
-                           delta_bias=self.dt_bias.float(), delta_softplus=True)
-        return y.view(b, k, d, length)
+def ssm_scan(params: ScanParams, xs: torch.Tensor, dts: torch.Tensor, bs: torch.Tensor,
+             cs: torch.Tensor) -> torch.Tensor:
+    """The selective scan of xs (B, K, D, L) with Δ (B, K·D, L), B and C (B, K, N, L) and the SSM constants
+    of `params` (A = -exp(A_log), D, Δ bias, softplus on Δ), computed in float32; returns (B, K, D, L)."""
+    b, k, d, length = xs.shape
+    timed = [w for w in _watches if w.sync is not None]
+    for watch in _watches:
+        watch.updates += b * k * d * params.d_state * length
+        watch.calls += 1
+    for watch in timed:
+        watch.sync()
+    start = time.perf_counter()
+    a = -torch.exp(params.A_log.float())
+    y = selective_scan(xs.reshape(b, k * d, length), dts, a, bs, cs, params.D.float(),
+                       delta_bias=params.dt_bias.float(), delta_softplus=True)
+    if timed:
+        for watch in timed:
+            watch.sync()
+        elapsed = time.perf_counter() - start
+        for watch in timed:
+            watch.seconds += elapsed
+    return y.view(b, k, d, length)
 
 
 class SS2D(nn.Module):
@@ -128,7 +153,22 @@ class SS2D(nn.Module):
         b, d, h, w = x.shape
         xs = cross_scan(x, self.directions)
         dts, bs, cs = self.params.project(xs)
-        return cross_merge(self.params.scan(xs, dts, bs, cs), h, w).to(x.dtype)
+        return cross_merge(ssm_scan(self.params, xs, dts, bs, cs), h, w).to(x.dtype)
+
+
+def vss_in(x: torch.Tensor, norm: nn.LayerNorm, in_proj: nn.Linear, dwconv: nn.Conv2d
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VSS block's input side: x (B, C, H, W) -> LN -> Linear to (u, z) -> u through the depth-wise 3×3
+    conv and SiLU. Returns u (B, D, H, W), ready to scan, and the gate z (B, H, W, D)."""
+    u, z = in_proj(norm(x.permute(0, 2, 3, 1))).chunk(2, dim=-1)
+    return F.silu(dwconv(u.permute(0, 3, 1, 2))), z
+
+
+def vss_out(y: torch.Tensor, z: torch.Tensor, out_norm: nn.LayerNorm, out_proj: nn.Linear) -> torch.Tensor:
+    """The VSS block's output side: the scan output y (B, D, H, W) -> LN -> ·SiLU(z) -> Linear -> (B, C, H, W)
+    (the residual is the caller's)."""
+    y = out_norm(y.permute(0, 2, 3, 1))
+    return out_proj(y * F.silu(z)).permute(0, 3, 1, 2)
 
 
 class VSSBlock(nn.Module):
@@ -147,13 +187,8 @@ class VSSBlock(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False, **fk)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.norm(x.permute(0, 2, 3, 1))
-        xz = self.in_proj(t)
-        u, z = xz.chunk(2, dim=-1)
-        u = F.silu(self.dwconv(u.permute(0, 3, 1, 2)))
-        y = self.out_norm(self.ss2d(u).permute(0, 2, 3, 1))
-        y = self.out_proj(y * F.silu(z))
-        return x + y.permute(0, 3, 1, 2)
+        u, z = vss_in(x, self.norm, self.in_proj, self.dwconv)
+        return x + vss_out(self.ss2d(u), z, self.out_norm, self.out_proj)
 
 
 class VSSStack(nn.Sequential):

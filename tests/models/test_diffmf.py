@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from diffmf_cli.models import PRESETS, DiffMFConfig, create_model, get_config, model_cost
-from diffmf_cli.modules import exchange
-from diffmf_cli.modules.exchange import (
-    ChannelExchange,
+from diffmf_cli.modules import channel_exchange
+from diffmf_cli.modules.channel_exchange import ChannelExchange, ChannelSelfScan
+from diffmf_cli.modules.spatial_exchange import (
     concat_maps,
     interleave_columns,
     interleave_rows,
@@ -113,29 +113,32 @@ def test_wrong_input_shapes_raise_value_error(tiny):
         tiny(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
 
 
-def _record_scans(module: ChannelExchange):
-    """Wrap both modalities' project/scan to record which B, C each scan received and which each produced."""
+def _record_scans(module: ChannelExchange, monkeypatch):
+    """Record which B, C each modality's scan received and which each modality's projection produced."""
     produced, received = {}, {}
     for m, params in enumerate(module.scan):
-        project, scan = params.project, params.scan
+        project = params.project
 
         def rec_project(xs, m=m, project=project):
             produced[m] = project(xs)
             return produced[m]
 
-        def rec_scan(xs, dts, bs, cs, m=m, scan=scan):
-            received[m] = (dts, bs, cs)
-            return scan(xs, dts, bs, cs)
+        params.project = rec_project
+    scan = channel_exchange.ssm_scan
 
-        params.project, params.scan = rec_project, rec_scan
+    def rec_scan(params, xs, dts, bs, cs):
+        received[[p is params for p in module.scan].index(True)] = (dts, bs, cs)
+        return scan(params, xs, dts, bs, cs)
+
+    monkeypatch.setattr(channel_exchange, "ssm_scan", rec_scan)
     return produced, received
 
 
 @pytest.mark.parametrize("swap", [True, False])
-def test_channel_exchange_scans_with_the_other_modalitys_b_and_c(swap):
+def test_channel_exchange_scans_with_the_other_modalitys_b_and_c(swap, monkeypatch):
     torch.manual_seed(2)
-    cem = ChannelExchange(dim=8, d_state=4, expand=1.0, exchange=swap)
-    produced, received = _record_scans(cem)
+    cem = (ChannelExchange if swap else ChannelSelfScan)(dim=8, d_state=4, expand=1.0)
+    produced, received = _record_scans(cem, monkeypatch)
     cem(torch.rand(1, 8, 6, 5), torch.rand(1, 8, 6, 5))
     for m in (0, 1):
         other = 1 - m if swap else m
