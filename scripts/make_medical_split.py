@@ -5,8 +5,8 @@
 
 writes ``harvard_train_MRI_CT.csv``, ``harvard_train_MRI_PET.csv``, ``harvard_train_MRI_SPECT.csv`` (rows
 ``ir,vis`` = MRI, other modality; paths relative to the CSV) and ``report.json`` (what was dropped and why),
-for ``diffmf train --task medical --pairs ... --pairs ... --pairs ...``. The rule is in
-``diffmf_cli.training.data.harvard_train_pairs``: drop a pair whose MRI or other image equals a
+for ``diffmf train --task medical --pairs ... --pairs ... --pairs ...``. The rule is
+``harvard_train_pairs`` below: drop a pair whose MRI or other image equals a
 ``harvard_cddfuse`` image pixel for pixel, or correlates with one at >= 0.99 (the same atlas slice stored
 with slightly different pixels).
 """
@@ -15,13 +15,113 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
-from diffmf_cli.errors import DiffMFError
-from diffmf_cli.training.data import NEAR_DUPLICATE_CORRELATION, harvard_train_pairs
+import cv2
+import numpy as np
+
+from diffmf_cli.errors import DiffMFError, UsageError
+from diffmf_cli.io.images import read_image, to_gray
+from diffmf_cli.io.pairs import Pair, pair_folders
+
+
+HARVARD_PAIR_TYPES = ("MRI_CT", "MRI_PET", "MRI_SPECT")
+#: Pearson correlation at or above which two slices count as the same slice (**ours**; see below).
+NEAR_DUPLICATE_CORRELATION = 0.99
+
+
+def pixel_hash(img: np.ndarray) -> str:
+    """Hash of an image's pixels, the same for a gray image and its R=G=B three-channel copy."""
+    canon = to_gray(img) if img.ndim == 3 and _fake_gray(img) else img
+    h = hashlib.sha256()
+    h.update(f"{canon.shape}|{canon.dtype}".encode())
+    h.update(np.ascontiguousarray(canon).tobytes())
+    return h.hexdigest()
+
+
+def _fake_gray(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+def _unit(img: np.ndarray) -> np.ndarray:
+    """Gray image -> zero-mean, unit-norm float32 vector of its 64x64 area-downsampled copy (Pearson
+    correlation by a dot product; downsampling keeps the comparison of 1000 x 270 slices fast)."""
+    gray = to_gray(img).astype(np.float32)
+    v = cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA).ravel()
+    v = v - v.mean()
+    n = np.linalg.norm(v)
+    return v / n if n > 0 else v
+
+
+def harvard_train_pairs(data_root: str | Path,
+                        near: float = NEAR_DUPLICATE_CORRELATION) -> tuple[dict[str, list[Pair]], dict]:
+    """Harvard ``train_split_xianming-gu.txt`` pairs per type, minus the slices of ``harvard_cddfuse/``.
+
+    A pair is dropped when its MRI (``a``) or its other image (``b``) has the same pixels as any
+    ``harvard_cddfuse`` image (the data README's rule), **or** (ours) when either correlates at ``>= near``
+    with a ``harvard_cddfuse`` image of the same role: all 21 CDDFuse MRI–CT test slices are atlas slices of
+    ``harvard/MRI_CT`` (correlation > 0.997) stored with slightly different pixels (mean difference ~1.6
+    grey levels), so exact hashing alone would keep 13 of them in training.
+
+    Returns ``(pairs_by_type, report)``; the report counts listed / dropped / kept pairs per type and names
+    the dropped ones, with the reason (``exact`` or ``near``).
+    """
+    root = Path(data_root)
+    cdd = root / "harvard_cddfuse"
+    if not cdd.is_dir():
+        raise UsageError(f"{cdd}: not found (needed to remove the CDDFuse test slices from training)")
+    test_hashes: set[str] = set()
+    test_vectors: dict[str, list[np.ndarray]] = {"a": [], "b": []}
+    for role in ("a", "b"):
+        for path in sorted(cdd.glob(f"*/{role}/*")):
+            if path.is_file() and not path.name.startswith("."):
+                img = read_image(path)
+                test_hashes.add(pixel_hash(img))
+                test_vectors[role].append(_unit(img))
+    if not test_vectors["a"]:
+        raise UsageError(f"{cdd}: holds no */a/* images")
+    test_matrix = {role: np.stack(v) for role, v in test_vectors.items() if v}
+
+    out: dict[str, list[Pair]] = {}
+    report: dict = {"test_images": sum(len(v) for v in test_vectors.values()),
+                    "near_duplicate_correlation": near, "types": {}}
+    for kind in HARVARD_PAIR_TYPES:
+        folder = root / "harvard" / kind
+        names_file = folder / "train_split_xianming-gu.txt"
+        if not names_file.is_file():
+            raise UsageError(f"{names_file}: train name list not found")
+        names = [n.strip() for n in names_file.read_text().splitlines() if n.strip()]
+        by_stem = {p.name: p for p in pair_folders(folder / "a", folder / "b").pairs}
+        kept, dropped = [], {}
+        for name in names:
+            pair = by_stem.get(Path(name).stem)
+            if pair is None:
+                raise UsageError(f"{names_file}: '{name}' has no a/b image pair in {folder}")
+            reason = None
+            for role, path in (("a", pair.ir), ("b", pair.vis)):
+                img = read_image(path)
+                if pixel_hash(img) in test_hashes:
+                    reason = "exact"
+                    break
+                if role in test_matrix and float((test_matrix[role] @ _unit(img)).max()) >= near:
+                    reason = "near"
+            if reason is None:
+                kept.append(pair)
+            else:
+                dropped[pair.name] = reason
+        out[kind] = kept
+        report["types"][kind] = {
+            "listed": len(names), "kept": len(kept), "dropped": len(dropped),
+            "dropped_exact": sum(r == "exact" for r in dropped.values()),
+            "dropped_near": sum(r == "near" for r in dropped.values()),
+            "dropped_names": dict(sorted(dropped.items())),
+        }
+    return out, report
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,7 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
         else:
             typer.echo(text, nl=False)  # verbatim: no Rich markup, emoji codes or wrapping in data
     if report is not None:
-        from diffmf_cli.report import write_report
+        from diffmf_cli.metrics.report import write_report
 
         written = write_report(report, plan, results, doc, names)
         if not quiet:

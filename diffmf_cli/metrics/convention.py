@@ -1,4 +1,4 @@
-"""Which convention a metric table was computed with (see docs/metrics.md).
+"""Which convention a metric table was computed with: the `Convention` fields and the `VARIANTS` below.
 
 The default, ``reference``, reproduces the Python evaluator that CDDFuse, EMMA, DDFM and FILM computed their
 tables with (``utils/Evaluator.py`` of MMIF-CDDFuse), quirks included, and the MATLAB lineage for Nabf and

@@ -4,6 +4,8 @@ vs values worked out by hand, and on degenerate inputs."""
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,11 @@ from diffmf_cli.metrics import (
     parse_convention,
     parse_metric_names,
 )
-from diffmf_cli.metrics import reference as ref
 from diffmf_cli.metrics import statistics, structural
 from diffmf_cli.metrics.convention import VARIANTS, Convention
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import metrics_reference as ref  # noqa: E402
 
 
 def scene(h: int, w: int, seed: int) -> np.ndarray:

@@ -11,10 +11,8 @@ from diffmf_cli.errors import InputError, UsageError
 from diffmf_cli.training.data import (
     CropSampler,
     SourceSpec,
-    harvard_train_pairs,
     load_sources,
     luminance,
-    pixel_hash,
 )
 
 
@@ -134,56 +132,6 @@ def test_pair_list_source(tmp_path):
     (tmp_path / "list.csv").write_text("ir,vis\np/ir/000.png,p/vi/000.png\np/ir/001.png,p/vi/001.png\n")
     images, listed = load_sources([SourceSpec(pairs=str(tmp_path / "list.csv"))], 16)
     assert len(images[0]) == 2 and listed[0][0].ir == tmp_path / "p" / "ir" / "000.png"
-
-
-def test_pixel_hash_ignores_gray_storage():
-    g = np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)
-    assert pixel_hash(g) == pixel_hash(np.stack([g, g, g], axis=2))
-    assert pixel_hash(g) != pixel_hash(g.T.copy())
-
-
-def _fake_harvard(root):
-    rng = np.random.default_rng(3)
-    slices = [cv2.GaussianBlur(rng.integers(0, 256, (32, 32), dtype=np.uint8), (5, 5), 2) for _ in range(4)]
-    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
-        for sub in ("a", "b"):
-            (root / "harvard" / kind / sub).mkdir(parents=True)
-            (root / "harvard_cddfuse" / kind / sub).mkdir(parents=True)
-        for i, s in enumerate(slices):
-            cv2.imwrite(str(root / "harvard" / kind / "a" / f"{i}.png"), s)
-            cv2.imwrite(str(root / "harvard" / kind / "b" / f"{i}.png"), 255 - s)
-        (root / "harvard" / kind / "train_split_xianming-gu.txt").write_text("0.png\n1.png\n2.png\n")
-    # CDDFuse copies: slice 0 exactly (stored as 3 channels), slice 1 with slightly different pixels.
-    cv2.imwrite(str(root / "harvard_cddfuse" / "MRI_CT" / "a" / "11.png"), cv2.merge([slices[0]] * 3))
-    near = np.clip(slices[1].astype(int) + rng.integers(-1, 2, slices[1].shape), 0, 255).astype(np.uint8)
-    cv2.imwrite(str(root / "harvard_cddfuse" / "MRI_SPECT" / "a" / "12.png"), near)
-    unrelated = rng.integers(0, 256, (32, 32), dtype=np.uint8)
-    for kind in ("MRI_CT", "MRI_SPECT"):
-        cv2.imwrite(str(root / "harvard_cddfuse" / kind / "b" / f"{11 if kind == 'MRI_CT' else 12}.png"),
-                    unrelated)
-
-
-def test_medical_split_drops_exact_and_near_copies_of_test_slices(tmp_path):
-    _fake_harvard(tmp_path)
-    pairs, report = harvard_train_pairs(tmp_path)
-    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
-        # The same MRI slices are in every type here, so every type loses slices 0 (exact) and 1 (near).
-        assert [p.name for p in pairs[kind]] == ["2"]
-        assert report["types"][kind]["dropped_names"] == {"0": "exact", "1": "near"}
-        assert report["types"][kind]["listed"] == 3
-    _, strict = harvard_train_pairs(tmp_path, near=1.01)  # exact matching only
-    assert strict["types"]["MRI_CT"]["dropped_names"] == {"0": "exact"}
-
-
-@pytest.mark.data
-def test_medical_split_on_the_real_data(shared_data):
-    pairs, report = harvard_train_pairs(shared_data)
-    kept = {k: v["kept"] for k, v in report["types"].items()}
-    dropped = {k: v["dropped"] for k, v in report["types"].items()}
-    # Measured once (see README): CT loses 13 near-copies, SPECT 40 exact + 22 near, PET none.
-    assert dropped == {"MRI_CT": 13, "MRI_PET": 0, "MRI_SPECT": 62}
-    assert kept == {"MRI_CT": 147, "MRI_PET": 245, "MRI_SPECT": 271}
-    assert all(len(pairs[k]) == kept[k] for k in kept)
 
 
 def test_hold_out_takes_from_big_sources_by_name_and_keeps_one_pair_each(tmp_path):

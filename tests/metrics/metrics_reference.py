@@ -3,8 +3,8 @@
 These follow the published code line by line (the Python evaluator of MMIF-CDDFuse for the first twelve,
 Shreyamsha Kumar's MATLAB for Nabf, Ma et al.'s MATLAB for MEF-SSIM, Wang's msssim.m): direct 2-D
 convolutions (SciPy), masks assigned in the original order, per-window computations. They are slow on
-purpose and exist to check the fast functions (tests) and to time them (scripts/bench_metrics.py); the CLI
-never calls them. SciPy is imported lazily (a test/benchmark dependency).
+purpose and exist to check the fast functions (tests) and to time them (scripts/bench_metrics.py); being a
+test oracle they live with the tests, out of the package, and use SciPy (a test dependency).
 
 All functions take float64 (H, W) arrays on the 0..255 scale (F fused, A, B sources).
 """
