@@ -214,6 +214,9 @@ def test_ablation_switch_changes_the_output(changes):
     # some switches move the output only slightly (the CEM's B/C exchange by ~1e-6), hence exact equality.
     torch.manual_seed(4)
     full = create_model("tiny").eval()
+    with torch.no_grad():  # away from the initialisation (a zero-initialised head would hide the features)
+        for p in full.parameters():
+            p.add_(0.2 * torch.randn_like(p))
     ablated = create_model(get_config("tiny").replace(**changes)).eval()
     shared = {k: v for k, v in full.state_dict().items() if k in ablated.state_dict()
               and ablated.state_dict()[k].shape == v.shape}
