@@ -25,7 +25,8 @@ from diffmf_cli.errors import CheckpointError
 
 FORMAT = "diffmf-weights/1"
 
-#: Names of the shipped models -> file names (looked up in ``<repo>/weights/`` then ``diffmf_cli/weights/``).
+#: Names of the shipped models -> file names, looked up in ``diffmf_cli/shipped_weights/`` (where setup.py maps
+#: the repo's ``weights/`` in a wheel or ``pip install .``), then in ``<repo>/weights/`` (a clone, ``pip install -e``).
 SHIPPED_MODELS: dict[str, str] = {
     "ir-vis": "diffmf_ir_vis.safetensors",
     "medical": "diffmf_medical.safetensors",
@@ -33,7 +34,7 @@ SHIPPED_MODELS: dict[str, str] = {
 DEFAULT_MODEL = "ir-vis"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_SEARCH_DIRS = (_PACKAGE_DIR.parent / "weights", _PACKAGE_DIR / "weights")
+_SEARCH_DIRS = (_PACKAGE_DIR / "shipped_weights", _PACKAGE_DIR.parent / "weights")
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _SAFETENSORS_DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,

@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.table import Table
 
 from diffmf_cli.cli.app import app
@@ -26,7 +27,14 @@ FORMATS = ("table", "csv", "json")
 MAX_WARNINGS = 8
 
 
-@app.command("evaluate")
+class _EvaluateCommand(TyperCommand):
+    """`evaluate` with a plain usage line (Typer would print ``{[FUSED_DIR] IR_DIR VIS_DIR}...``)."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return ["[OPTIONS]", "[FUSED_DIR] IR_DIR VIS_DIR"]
+
+
+@app.command("evaluate", cls=_EvaluateCommand)
 def evaluate_command(
     folders: list[Path] = typer.Argument(
         ..., metavar="[FUSED_DIR] IR_DIR VIS_DIR", show_default=False,

@@ -23,33 +23,42 @@ from diffmf_cli.errors import DiffMFError, InputError, UsageError
 
 @app.command("fuse")
 def fuse_command(
-    ir: Optional[Path] = typer.Argument(None, help="Folder of infrared (or MRI) images, or one image file.",
-                                        show_default=False),
-    vis: Optional[Path] = typer.Argument(None, help="Folder of visible (or CT/PET/SPECT) images, or one file.",
-                                         show_default=False),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", show_default=False,
+    ir: Optional[Path] = typer.Argument(None, metavar="IR", show_default=False,
+                                        help="Folder of infrared (or MRI) images, or one image file."),
+    vis: Optional[Path] = typer.Argument(None, metavar="VIS", show_default=False,
+                                         help="Folder of visible (or CT/PET/SPECT) images, or one file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="OUT", show_default=False,
                                           help="Output folder (or, for one pair of files, an output file "
                                           "name). Needed unless every --pairs row names its output."),
-    pairs_csv: Optional[Path] = typer.Option(None, "--pairs", help="CSV of pairs: rows ir,vis[,out]; "
-                                             "relative paths are relative to the CSV file. - reads it from "
-                                             "stdin (paths relative to the current folder)."),
+    pairs_csv: Optional[Path] = typer.Option(None, "--pairs", metavar="LIST.csv", show_default=False,
+                                             help="CSV of pairs: rows ir,vis[,out]; relative paths are "
+                                             "relative to the CSV file. - reads it from stdin (paths "
+                                             "relative to the current folder)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders; mirror them in OUTPUT."),
     strict: bool = typer.Option(False, "--strict", help="Files without a partner are an error (nothing is fused)."),
     gray: bool = typer.Option(False, "--gray", help="Write the fused luminance only, even for colour inputs."),
-    ext: str = typer.Option("png", "--ext", help="Output format: png, jpg or tif (16-bit inputs keep 16 bits "
+    ext: str = typer.Option("png", "--ext", metavar="png|jpg|tif", help="Output format: png, jpg or tif (16-bit inputs keep 16 bits "
                             "in png/tif)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose output exists (default: skip)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Most same-size pairs per forward "
-                                             "pass [default: 1 on CPU, 8 on CUDA]."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16/fp16 (CUDA only)."),
-    tile: str = typer.Option("auto", "--tile", help="Tile size in pixels for large images; auto (from free "
-                             "memory) or off."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: fuse only the K-th (0-based) of N "
-                                        "disjoint, stable slices of the pairs; auto: this SLURM array task's "
-                                        "slice."),
-    model: Optional[str] = typer.Option(None, "--model", help="Shipped model: ir-vis (default) or medical."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="A diffmf weights file (.safetensors)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose output exists, whatever "
+                                   "made it (default: skip outputs of the same settings, refuse others)."),
+    device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]",
+                               help="Where to run: CUDA when there is one, else the CPU."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", show_default=False,
+                                             help="Most same-size pairs per forward pass.  [default: 1 on CPU, "
+                                             "8 on CUDA]"),
+    precision: str = typer.Option("fp32", "--precision", metavar="fp32|bf16|fp16",
+                                  help="Compute precision (bf16/fp16 on CUDA only)."),
+    tile: str = typer.Option("auto", "--tile", metavar="auto|off|N", help="Tile size in pixels for large "
+                             "images; auto picks it from free memory."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N|auto", show_default=False,
+                                        help="Fuse only the K-th (0-based) of N disjoint, stable slices of "
+                                        "the pairs; auto: this SLURM array task's slice.  [default: all "
+                                        "pairs]"),
+    model: Optional[str] = typer.Option(None, "--model", metavar="ir-vis|medical", show_default=False,
+                                        help="Shipped model.  [default: ir-vis]"),
+    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", show_default=False,
+                                           help="A diffmf weights file (.safetensors) instead of a shipped "
+                                           "model."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (a record per pair) on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary; failures still listed."),
 ) -> None:
