@@ -11,28 +11,26 @@ the model works while the next pairs load and the last ones are written. A pair 
 exists is skipped before it is read (a re-run resumes); every failure is caught per pair and reported
 with a one-line reason, and the other pairs go on.
 
-Large images are fused in overlapping square tiles, blended with weights that ramp linearly across the
-overlaps, so no seam shows. The network mixes global information (its scans run over the whole grid and
-its channel exchange pools globally), so a tiled result is close to, not equal to, the untiled one; the
-tile size is chosen from the memory the device has free (or fixed with `tile=`).
+Large images are fused in overlapping square tiles blended without seams, the tile size chosen from the
+memory the device has free (or fixed with `tile=`): `diffmf_cli.tiling` plans and computes, this module
+reads, groups and writes. Device and precision names live in `diffmf_cli.device`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from diffmf_cli.errors import DiffMFError, InputError, UsageError
+from diffmf_cli.device import PRECISIONS, resolve_device, resolve_precision  # noqa: F401 (re-exported)
+from diffmf_cli.errors import DiffMFError, InputError, UsageError, one_line
 from diffmf_cli.io.images import (
     SIXTEEN_BIT_EXTENSIONS,
     bit_depth,
@@ -46,86 +44,10 @@ from diffmf_cli.io.images import (
     ycrcb_to_rgb,
 )
 from diffmf_cli.io.pairs import IMAGE_EXTENSIONS, Pair
+from diffmf_cli.tiling import MemoryPlanner, TiledForward, tile_starts, working_bytes_per_pixel  # noqa: F401
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-#: Automatic tiling on CPU keeps the network's working memory under this many bytes (bigger tiles run no
-#: faster on a CPU, and the whole process should fit in a few GiB for any image size).
-CPU_WORKING_MEMORY_CAP = 1 << 30
-#: Share of the device's free memory that automatic tiling may plan for.
-FREE_MEMORY_SHARE = 0.5
 #: Loaded-but-not-yet-fused pixels the readers may run ahead by (bounds host memory for huge images).
 PREFETCH_PIXELS = 24_000_000
-
-
-# --------------------------------------------------------------------------------------------- devices
-
-
-def resolve_device(text: str = "auto") -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; UsageError otherwise."""
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: CUDA is not available on this machine (use cpu or auto)")
-        try:
-            device = torch.device(text)
-        except RuntimeError:
-            raise UsageError(f"--device {text}: expected cuda or cuda:N") from None
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {text}: this machine has {count} CUDA device(s) (0..{count - 1})")
-        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
-    raise UsageError(f"--device {text}: expected auto, cpu, cuda or cuda:N")
-
-
-def resolve_precision(text: str, device: torch.device) -> torch.dtype:
-    """``fp32`` anywhere; ``bf16`` / ``fp16`` on CUDA only (UsageError elsewhere)."""
-    key = (text or "fp32").strip().lower()
-    if key not in PRECISIONS:
-        raise UsageError(f"--precision {text}: expected one of {', '.join(PRECISIONS)}")
-    if key != "fp32" and device.type != "cuda":
-        raise UsageError(f"--precision {key}: half precision runs on CUDA only (this run is on {device})")
-    if key == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
-    return PRECISIONS[key]
-
-
-def free_memory_bytes(device: torch.device) -> int:
-    """Memory free for new allocations on `device` (CUDA: driver's free memory; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
-
-
-def working_bytes_per_pixel(config, dtype: torch.dtype = torch.float32) -> float:
-    """Planned peak working memory of one forward pass, in bytes per input pixel.
-
-    The full-resolution tensors dominate: both stems' features (kept as decoder skips), the decoder's input
-    concatenation and its output, and the padded inputs; the scan grid adds features and the VSS inner
-    tensors divided by the grid's area. A factor of 2 covers temporaries (convolution workspaces, copies).
-    """
-    size = torch.finfo(dtype).bits // 8
-    full = 2 * config.stem_channels + (config.dim + 2 * config.stem_channels) + 3 * config.decoder_channels + 4
-    grid_area = 4 ** config.stem_downsample
-    inner = max(1, round(config.expand * config.dim))
-    grid = (12 * config.dim + 8 * inner + 4 * inner * config.d_state / 4) / grid_area
-    half = 2 * config.dim * 3 / 4 if config.stem_downsample > 1 else 0.0  # the 1/2-resolution skips
-    return 2.0 * size * (full + grid + half)
 
 
 # -------------------------------------------------------------------------------------------- results
@@ -282,41 +204,17 @@ def parse_tile(value: str | int | None) -> int | None:
         raise UsageError(f"--tile {value}: expected auto, off or a size in pixels") from None
 
 
-# ------------------------------------------------------------------------------------------------ tiling
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering [0, length) with at least `overlap` shared pixels."""
-    if length <= tile:
-        return [0]
-    step = max(1, tile - overlap)
-    count = math.ceil((length - tile) / step) + 1
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
-
-
-def _ramp(start: int, size: int, total: int, overlap: int) -> np.ndarray:
-    """1-D blending weight of a tile [start, start + size) of an axis of `total` pixels: 1 inside, ramping
-    linearly (from 0.5/overlap) over `overlap` pixels on each side that touches a neighbouring tile."""
-    w = np.ones(size, np.float32)
-    n = min(overlap, size)
-    if n <= 0:
-        return w
-    ramp = (np.arange(n, dtype=np.float32) + 0.5) / n
-    if start > 0:
-        w[:n] = ramp
-    if start + size < total:
-        w[-n:] = np.minimum(w[-n:], ramp[::-1])
-    return w
-
-
 # ------------------------------------------------------------------------------------------------ engine
 
 
 class FusionEngine:
-    """Runs a DIFF-MF model over pairs of files.
+    """Runs a DIFF-MF model over pairs of files, or over arrays.
 
     model: a module with ``forward(ir, vis_y)``, both (B, 1, H, W) in [0, 1] -> (B, 1, H, W) in [0, 1], and a
     ``config`` (used to plan memory); device/dtype: where and how to compute (half precision via autocast).
+    Three pieces do the work: `planner` (a `MemoryPlanner`: batch and tile per image size), `forward` (a
+    `TiledForward`: the network on arrays, tiled, with the out-of-memory fallback) and, per `run`, a
+    `FilePipeline` (reader threads, same-size groups, a writer thread).
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str = "cpu",
@@ -329,98 +227,71 @@ class FusionEngine:
         self.options = options
         self.model = model.to(self.device).eval()
         config = getattr(model, "config", None)
-        self._bytes_per_pixel = working_bytes_per_pixel(config, dtype) if config is not None else 256.0
-        self._multiple = getattr(config, "stride_multiple", 16) if config is not None else 16
-        self._max_pixels: int | None = None
-
-    # ---- planning
+        self.planner = MemoryPlanner(config, self.device, dtype, options.batch_size, options.tile,
+                                     options.memory_budget)
+        self.forward = TiledForward(self.model, self.device, dtype, options.batch_size, options.tile_overlap,
+                                    self.planner.multiple)
 
     def max_pixels(self) -> int:
         """Most input pixels one forward pass may hold (batch × H × W), from the memory budget (measured
         once per `run`)."""
-        if self._max_pixels is None:
-            self._max_pixels = self._budget_pixels()
-        return self._max_pixels
-
-    def _budget_pixels(self) -> int:
-        budget = self.options.memory_budget
-        if budget is None:
-            budget = int(free_memory_bytes(self.device) * FREE_MEMORY_SHARE)
-            if self.device.type == "cpu":
-                budget = min(budget, CPU_WORKING_MEMORY_CAP)
-        return max(64 * 64, int(budget / self._bytes_per_pixel))
+        return self.planner.max_pixels()
 
     def plan(self, height: int, width: int) -> tuple[int, int | None]:
         """(pairs per forward pass, tile size or None) for images of this size."""
-        tile = self.options.tile
-        if tile == 0:
-            return self.options.batch_size, None
-        if tile is not None:
-            if height <= tile and width <= tile:
-                return self.options.batch_size, None
-            return self.options.batch_size, tile
-        max_pixels = self.max_pixels()
-        if height * width <= max_pixels:
-            return max(1, min(self.options.batch_size, max_pixels // (height * width))), None
-        side = int(math.sqrt(max_pixels))
-        return 1, max(self._multiple, side - side % self._multiple)
+        return self.planner.plan(height, width)
 
-    # ---- compute
+    def tiles_per_image(self, height: int, width: int, tile: int | None = None) -> int:
+        """Tiles an H×W image is fused in with `tile` (None: the tile `plan` chooses); 0 = whole."""
+        if tile is None:
+            tile = self.plan(height, width)[1]
+        return self.forward.tiles(height, width, tile)
 
     def fuse_images(self, ir: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Fuse same-size images as a run would: ir, y (B, H, W) float32 in [0, 1] -> (B, H, W), in the
         batches and tiles that `plan` chooses, with the out-of-memory fallback. DiffMFError when the network
         fails."""
         batch, tile = self.plan(*ir.shape[1:])
-        return np.concatenate([self._fuse_with_fallback(ir[i:i + batch], y[i:i + batch], tile)
+        return np.concatenate([self.forward.with_fallback(ir[i:i + batch], y[i:i + batch], tile)
                                for i in range(0, ir.shape[0], batch)])
 
-    @torch.inference_mode()
     def fuse_arrays(self, ir: np.ndarray, y: np.ndarray, tile: int | None = None,
                     tile_batch: int | None = None) -> np.ndarray:
         """Fuse a batch of same-size images: ir, y (B, H, W) float32 in [0, 1] -> fused (B, H, W) float32.
 
         With `tile`, each image is fused in overlapping tile×tile pieces (`tile_batch`, default batch_size,
         tiles per pass) and blended."""
-        if tile is None or (ir.shape[1] <= tile and ir.shape[2] <= tile):
-            return self._forward(ir, y)
-        step = tile_batch or self.options.batch_size
-        return np.stack([self._fuse_tiled(ir[i], y[i], tile, step) for i in range(ir.shape[0])])
+        return self.forward(ir, y, tile, tile_batch)
 
-    def _forward(self, ir: np.ndarray, y: np.ndarray) -> np.ndarray:
-        t_ir = torch.from_numpy(np.ascontiguousarray(ir)).unsqueeze(1).to(self.device, non_blocking=True)
-        t_y = torch.from_numpy(np.ascontiguousarray(y)).unsqueeze(1).to(self.device, non_blocking=True)
-        if self.dtype == torch.float32:
-            out = self.model(t_ir, t_y)
-        else:
-            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-                out = self.model(t_ir, t_y)
-        return out[:, 0].float().clamp_(0.0, 1.0).cpu().numpy()
-
-    def _overlap(self, tile: int) -> int:
-        return min(self.options.tile_overlap, tile // 4)
-
-    def _fuse_tiled(self, ir: np.ndarray, y: np.ndarray, tile: int, step: int) -> np.ndarray:
-        h, w = ir.shape
-        overlap = self._overlap(tile)
-        th, tw = min(tile, h), min(tile, w)
-        boxes = [(r, c) for r in tile_starts(h, th, overlap) for c in tile_starts(w, tw, overlap)]
-        acc = np.zeros((h, w), np.float32)
-        weight = np.zeros((h, w), np.float32)
-        for i in range(0, len(boxes), step):
-            chunk = boxes[i:i + step]
-            out = self._forward(np.stack([ir[r:r + th, c:c + tw] for r, c in chunk]),
-                                np.stack([y[r:r + th, c:c + tw] for r, c in chunk]))
-            for (r, c), piece in zip(chunk, out):
-                wgt = np.outer(_ramp(r, th, h, overlap), _ramp(c, tw, w, overlap))
-                acc[r:r + th, c:c + tw] += piece * wgt
-                weight[r:r + th, c:c + tw] += wgt
-        return acc / weight
-
-    # ---- the pipeline
+    def _fuse_with_fallback(self, ir: np.ndarray, y: np.ndarray, tile: int | None,
+                            tile_batch: int | None = None) -> np.ndarray:
+        return self.forward.with_fallback(ir, y, tile, tile_batch)
 
     def run(self, pairs: Iterable[Pair], out_dir: Path | None = None) -> Iterator[PairResult]:
         """Fuse every pair; yields one PairResult per pair as each finishes (not in input order)."""
+        return FilePipeline(self).run(pairs, out_dir)
+
+
+def write_fused(out: Path, fused: np.ndarray, crcb: np.ndarray | None, depth: int, durable: bool = True) -> None:
+    """The write step of a run: the fused luminance (H, W) in [0, 1] with the visible chroma put back (when
+    given), at `depth` bits where the format keeps 16 (png, tif) and 8 otherwise, written atomically."""
+    depth = depth if out.suffix.lower() in SIXTEEN_BIT_EXTENSIONS else 8
+    write_image(out, finish_pair(fused, crcb, depth), durable=durable)
+
+
+class FilePipeline:
+    """One `FusionEngine.run`: pairs of files in, fused files out, reading and writing in threads.
+
+    Pairs whose output exists are skipped before they are read; loaded pairs wait in same-size groups (a
+    look-ahead window bounded in pairs and pixels) until a batch is full; the engine fuses them on the calling
+    thread; one writer thread encodes and writes. Every failure becomes a failed PairResult.
+    """
+
+    def __init__(self, engine: FusionEngine):
+        self.engine = engine
+        self.options = engine.options
+
+    def run(self, pairs: Iterable[Pair], out_dir: Path | None = None) -> Iterator[PairResult]:
         opts = self.options
         todo: list[tuple[int, Pair, Path]] = []
         for index, pair in enumerate(pairs):
@@ -435,7 +306,7 @@ class FusionEngine:
             todo.append((index, pair, out))
         if not todo:
             return
-        self._max_pixels = None  # re-read free memory for this run
+        self.engine.planner.refresh()  # re-read free memory for this run
 
         read_pool = ThreadPoolExecutor(max(1, opts.readers), thread_name_prefix="diffmf-read")
         write_pool = ThreadPoolExecutor(1, thread_name_prefix="diffmf-write")
@@ -471,7 +342,7 @@ class FusionEngine:
                         group.append(loaded)
                         waiting_pixels += loaded.ir.size
                         largest = max(largest, loaded.ir.size)
-                        batch, _tile = self.plan(*loaded.shape)
+                        batch, _tile = self.engine.plan(*loaded.shape)
                         if len(group) >= batch:
                             waiting_pixels -= self._compute(groups.pop(loaded.shape), writes, write_pool)
                         elif sum(len(g) for g in groups.values()) >= window or waiting_pixels >= PREFETCH_PIXELS:
@@ -499,7 +370,7 @@ class FusionEngine:
                               ms=(time.perf_counter() - start) * 1e3)
         except Exception as exc:  # an unexpected decoder failure must not stop the other pairs
             return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed",
-                              f"{pair.ir}: {_one_line(exc)}", ms=(time.perf_counter() - start) * 1e3)
+                              f"{pair.ir}: {one_line(exc)}", ms=(time.perf_counter() - start) * 1e3)
         return _Loaded(index, pair, out, ir, y, crcb, depth, (time.perf_counter() - start) * 1e3)
 
     def _compute_largest(self, groups, writes, write_pool) -> int:
@@ -508,18 +379,18 @@ class FusionEngine:
 
     def _compute(self, items: list[_Loaded], writes: deque, write_pool: ThreadPoolExecutor) -> int:
         """Fuse same-size items (in batches the plan allows) and queue their writes; returns pixels done."""
-        batch, tile = self.plan(*items[0].shape)
+        batch, tile = self.engine.plan(*items[0].shape)
         for i in range(0, len(items), batch):
             chunk = items[i:i + batch]
             start = time.perf_counter()
             try:
-                fused = self._fuse_with_fallback(np.stack([it.ir for it in chunk]),
-                                                 np.stack([it.y for it in chunk]), tile)
+                fused = self.engine.forward.with_fallback(np.stack([it.ir for it in chunk]),
+                                                          np.stack([it.y for it in chunk]), tile)
                 error = None
             except DiffMFError as exc:
                 fused, error = None, str(exc)
             share = (time.perf_counter() - start) * 1e3 / len(chunk)
-            tiles = self._count_tiles(chunk[0].shape, tile)
+            tiles = self.engine.forward.tiles(*chunk[0].shape, tile)
             for j, item in enumerate(chunk):
                 if fused is None:
                     writes.append(_done(PairResult(item.index, item.pair.name, item.pair.ir, item.pair.vis,
@@ -532,53 +403,16 @@ class FusionEngine:
                 writes.append(write_pool.submit(self._write, item, fused[j], item.ms + share, tiles))
         return sum(it.ir.size for it in items)
 
-    def _fuse_with_fallback(self, ir: np.ndarray, y: np.ndarray, tile: int | None,
-                            tile_batch: int | None = None) -> np.ndarray:
-        """fuse_arrays, retried on out-of-memory with one image at a time, one tile at a time, then tiles
-        half as large (down to 32 pixels)."""
-        try:
-            return self.fuse_arrays(ir, y, tile, tile_batch)
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not _is_oom(exc):
-                raise DiffMFError(f"the network failed ({_one_line(exc)})") from None
-        self._release_cache()
-        if ir.shape[0] > 1:
-            return np.concatenate([self._fuse_with_fallback(ir[i:i + 1], y[i:i + 1], tile, tile_batch)
-                                   for i in range(ir.shape[0])])
-        h, w = ir.shape[1:]
-        tiled = tile is not None and (h > tile or w > tile)
-        if tiled and (tile_batch or self.options.batch_size) > 1:
-            return self._fuse_with_fallback(ir, y, tile, 1)
-        current = tile if tiled else max(h, w)
-        smaller = current // 2
-        smaller = max(32, smaller - smaller % self._multiple) if smaller >= self._multiple else smaller
-        if smaller < 32 or smaller >= current:
-            raise DiffMFError(f"out of memory on {self.device} even with {current}-pixel tiles")
-        return self._fuse_with_fallback(ir, y, smaller, tile_batch)
-
-    def _release_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _count_tiles(self, shape: tuple[int, int], tile: int | None) -> int:
-        if tile is None or (shape[0] <= tile and shape[1] <= tile):
-            return 0
-        overlap = self._overlap(tile)
-        return (len(tile_starts(shape[0], min(tile, shape[0]), overlap))
-                * len(tile_starts(shape[1], min(tile, shape[1]), overlap)))
-
     def _write(self, item: _Loaded, fused: np.ndarray, ms: float, tiles: int) -> PairResult:
         start = time.perf_counter()
         pair = item.pair
         try:
-            depth = item.depth if item.out.suffix.lower() in SIXTEEN_BIT_EXTENSIONS else 8
-            image = finish_pair(fused, item.crcb, depth)
-            write_image(item.out, image, durable=self.options.durable)
+            write_fused(item.out, fused, item.crcb, item.depth, self.options.durable)
             status, error = "fused", None
         except DiffMFError as exc:
             status, error = "failed", str(exc)
         except Exception as exc:
-            status, error = "failed", f"{item.out}: {_one_line(exc)}"
+            status, error = "failed", f"{item.out}: {one_line(exc)}"
         ms += (time.perf_counter() - start) * 1e3
         return PairResult(item.index, pair.name, pair.ir, pair.vis, item.out, status, error, ms, item.shape, tiles)
 
@@ -587,18 +421,6 @@ def _done(result: PairResult) -> Future:
     fut: Future = Future()
     fut.set_result(result)
     return fut
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass
@@ -627,6 +449,7 @@ class Summary:
 
 
 __all__ = [
+    "FilePipeline",
     "FuseOptions",
     "FusionEngine",
     "PairResult",
@@ -640,4 +463,5 @@ __all__ = [
     "resolve_precision",
     "tile_starts",
     "working_bytes_per_pixel",
+    "write_fused",
 ]
