@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from diffmf_cli.errors import CheckpointError
+from diffmf_cli.errors import CheckpointError, one_line
+from diffmf_cli.io.files import atomic_write
 
 FORMAT = "diffmf-weights/1"
 
@@ -85,7 +85,7 @@ def save_weights(path: str | os.PathLike, model, metadata: dict[str, Any] | None
     }
     # Clone so tied/shared tensors are stored separately (safetensors refuses shared storage).
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}
-    return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def load_weights(path: str | os.PathLike, device="cpu", dtype=None):
@@ -121,7 +121,7 @@ def load_weights(path: str | os.PathLike, device="cpu", dtype=None):
     try:
         tensors = load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for every kind of damage
-        raise CheckpointError(f"{path}: cannot read tensors ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot read tensors ({one_line(exc)})") from None
     model.load_state_dict(tensors, strict=True)
     model.to(device=device, dtype=dtype)
     model.eval()
@@ -212,7 +212,7 @@ def _build_model(path: Path, config_dict: dict):
         return create_model(config, device="cpu")
     except Exception as exc:  # an unknown field, a bad value: the file was written by other code
         raise CheckpointError(
-            f"{path}: its model config does not match this version of diffmf ({_one_line(exc)})"
+            f"{path}: its model config does not match this version of diffmf ({one_line(exc)})"
         ) from None
 
 
@@ -235,26 +235,3 @@ def _check_tensor_names_and_shapes(path: Path, expected: dict, stored: dict) -> 
                 f"{path}: tensor '{name}' has shape {shape}, the model its config builds needs "
                 f"{tuple(tensor.shape)}"
             )
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; weights are meant to be shared
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

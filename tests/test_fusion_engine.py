@@ -281,8 +281,6 @@ def test_disk_full_on_one_output_loses_nothing_else(tmp_path, monkeypatch):
     import errno
     import os
 
-    import diffmf_cli.io.images as images
-
     pairs = [make_pair(tmp_path, f"w{i}", smooth(6, 6), smooth(6, 6)) for i in range(3)]
     real_fsync = os.fsync
     calls = []
@@ -293,7 +291,7 @@ def test_disk_full_on_one_output_loses_nothing_else(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(images.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     results = run(FusionEngine(Mean()), pairs, tmp_path / "out")
     assert [r.status for r in results].count("failed") == 1
     [bad] = [r for r in results if r.status == "failed"]

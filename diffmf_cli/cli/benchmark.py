@@ -356,12 +356,9 @@ def _render_pipeline(console: Console, p: dict) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write the result atomically (a temporary file in the same folder, renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from diffmf_cli.io.files import atomic_write_text
+
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None

@@ -199,9 +199,10 @@ def _progress(console: Console, total: int):
 
 
 def _write_text(path: Path, text: str) -> None:
+    from diffmf_cli.io.files import atomic_write_text
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)
     except OSError as exc:
         raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
 

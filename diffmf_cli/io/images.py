@@ -11,14 +11,13 @@ OpenCV's own codec log is silenced so that a corrupt file does not spill libpng/
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from diffmf_cli.errors import InputError
+from diffmf_cli.io.files import atomic_write_bytes
 from diffmf_cli.io.pairs import IMAGE_EXTENSIONS
 
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -140,9 +139,8 @@ def read_gray_float(path: Path | str) -> np.ndarray:
 def write_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95, durable: bool = True) -> None:
     """Write a raw image (uint8/uint16, (H, W) or (H, W, 3) RGB) atomically.
 
-    The bytes go to a hidden temporary file in the same folder (``.NAME.<pid>.<random>.tmp``), which is
-    then renamed over `path`: readers and re-runs never see a truncated image. With `durable` the data
-    is fsync'ed before the rename. The format follows the extension. Raises InputError naming `path`
+    Written with `diffmf_cli.io.files.atomic_write_bytes`: readers and re-runs never see a truncated image;
+    with `durable` the data is fsync'ed before the rename. The format follows the extension. Raises InputError naming `path`
     when it cannot be written (folder not writable, disk full, unknown extension, 16 bits to JPEG/BMP).
     """
     path = Path(path)
@@ -162,18 +160,7 @@ def write_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95, du
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
     if not ok:
         raise InputError(f"{path}: OpenCV could not encode the image as {ext[1:]}")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(buf)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_bytes(path, buf.tobytes(), durable=durable)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from diffmf_cli.errors import InputError
+from diffmf_cli.io.files import atomic_write_bytes
 from diffmf_cli.io.images import read_image
 
 THUMB_SIDE = 256  # longest side of the images on the page
@@ -63,7 +64,7 @@ def write_report(out_dir: Path, plan, results, doc: dict, names: Sequence[str]) 
 
 def _write_bytes(path: Path, data: bytes) -> None:
     try:
-        path.write_bytes(data)
+        atomic_write_bytes(path, data, durable=False)
     except OSError as exc:
         raise InputError(f"{path}: cannot write report file ({exc.strerror or exc})") from None
 
