@@ -23,11 +23,8 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import platform
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -39,6 +36,8 @@ import numpy as np
 import torch
 
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError
+from diffmf_cli.io.files import atomic_write
+from diffmf_cli.provenance import code_version
 from diffmf_cli.training.data import CropSampler, SourceSpec, hold_out, load_sources, luminance
 from diffmf_cli.training.losses import LOSS_PRESETS, LossWeights, fusion_loss
 
@@ -192,23 +191,8 @@ def read_settings(run_dir: str | Path) -> TrainSettings:
         raise UsageError(f"{files.settings}: unreadable ({exc})") from None
 
 
-def _atomic_bytes(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic_bytes(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -354,7 +338,7 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
         vax.tick_params(labelsize=7)
         vax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_bytes(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,7 +375,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except ValueError:
             continue
-    _atomic_bytes(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:
@@ -501,7 +485,7 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
             "data_order": {"seed": settings.seed, "next_step": at_step},
             "settings": json.dumps(settings.to_dict(), sort_keys=True),
         }
-        _atomic_bytes(files.checkpoint, lambda tmp: torch.save(state, tmp))
+        atomic_write(files.checkpoint, lambda tmp: torch.save(state, tmp))
         if files.log.is_file():
             plot_curves(files.log, files.plot)
         report("checkpoint", {"step": at_step, "path": str(files.checkpoint)})
@@ -572,23 +556,6 @@ def _no_signals():
 
 # ---------------------------------------------------------------------------------------------------------
 # Export
-
-
-def code_version() -> dict:
-    """diffmf version and, when run from a git checkout, the commit (``+dirty`` if files are modified)."""
-    from diffmf_cli import __version__
-
-    info = {"diffmf_version": __version__}
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        info["git_commit"] = commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,

@@ -95,8 +95,23 @@ def test_forced_scan_path_is_the_one_reported():
 
 
 def test_tiled_rows_go_through_the_engine():
+    # 40x72 in 32-pixel tiles with the engine's overlap (a quarter tile): 2 rows x 3 columns. (A copy of the
+    # tile arithmetic with another overlap once reported 8 here.)
     row = _json("--sizes", "40x72", "--tile", "32")["rows"][0]
-    assert row["tile"] == 32 and row["tiles_per_pair"] >= 4 and "engine" in row["timed"]
+    assert row["tile"] == 32 and row["tiles_per_pair"] == 6 and "engine" in row["timed"]
+
+
+@pytest.mark.parametrize("size, tile", [((40, 72), 32), ((70, 95), 48), ((33, 200), 32), ((16, 16), 32)])
+def test_reported_tiles_are_the_tiles_the_network_saw(size, tile):
+    bench = bm.load_model(torch.device("cpu"), preset="tiny")
+    seen = []
+    hook = bench.model.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    try:
+        row = bm.measure(bench, size, 1, torch.device("cpu"), warmup=0, iters=1, tile=tile)
+    finally:
+        hook.remove()
+    passes = sum(seen)  # one timed pass: every forward's batch is a tile (or the whole image)
+    assert row["tiles_per_pair"] == (passes if passes > 1 else 0)
 
 
 def test_compare_scan_paths_agree():
@@ -120,8 +135,13 @@ def test_compare_scan_skips_the_reference_above_its_cap():
 def test_sweep_fits_an_exponent_and_writes_a_png(tmp_path):
     plot = tmp_path / "sweep.png"
     doc = _json("--sweep", "--sizes", "16,32,48", "--plot", str(plot))
-    assert len(doc["rows"]) == 3
-    assert isinstance(doc["sweep"]["exponent"], float) and isinstance(doc["sweep"]["exponent_without_smallest"], float)
+    rows = doc["rows"]
+    assert [r["size"] for r in rows] == ["16x16", "32x32", "48x48"]
+    pixels = [r["height"] * r["width"] for r in rows]
+    seconds = [r["ms_per_pair_p50"] / 1e3 for r in rows]
+    # the exponents are the fits of these rows' times, over all sizes and without the smallest
+    assert doc["sweep"]["exponent"] == pytest.approx(bm.fit_exponent(pixels, seconds))
+    assert doc["sweep"]["exponent_without_smallest"] == pytest.approx(bm.fit_exponent(pixels[1:], seconds[1:]))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
