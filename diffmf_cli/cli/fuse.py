@@ -81,6 +81,8 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
          precision, tile, shard, model, weights, as_json, quiet) -> int:
     from diffmf_cli.api import Fuser
     from diffmf_cli.fusion import FuseOptions, PairResult, Summary, parse_tile, resolve_device, resolve_precision
+    from diffmf_cli.fusion import output_path
+    from diffmf_cli.io.outputs import check_inputs_untouched, prepare_output_folders
     from diffmf_cli.io.pairs import Pair, is_image_file, pair_folders, parse_shard, read_pair_list, select_shard
 
     options = FuseOptions(ext=ext.lower().lstrip("."), gray=gray, overwrite=overwrite, batch_size=batch_size,
@@ -100,18 +102,26 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         if ir is not None or vis is not None:
             raise UsageError("give either IR VIS or --pairs LIST.csv, not both")
         pairs = read_pair_list(pairs_csv)
+        if not pairs:
+            raise UsageError(f"--pairs {pairs_csv}: the list has no pairs (rows ir,vis[,out]); nothing to do")
     elif ir is None or vis is None:
         raise UsageError("give IR and VIS (two folders or two image files), or --pairs LIST.csv")
     elif ir.is_file() or vis.is_file():
         for path in (ir, vis):
             if not path.is_file():
                 raise UsageError(f"{path}: not an image file (IR and VIS must both be files or both folders)")
+        if _same(ir, vis):
+            raise UsageError(f"{ir} is given as both IR and VIS; it would be fused with itself")
         if output is not None and is_image_file(output):
             pairs, out_dir = [Pair(ir.stem, ir, vis, output)], None
         else:
             pairs = [Pair(ir.stem, ir, vis)]
     else:
+        if _same(ir, vis):
+            raise UsageError(f"{ir} is given as both IR and VIS; every image would be fused with itself")
         pairing = pair_folders(ir, vis, recursive=recursive)
+        if not pairing.pairs and not pairing.ambiguous:
+            raise UsageError(_no_pairs(ir, vis, recursive, pairing))
         unmatched = pairing.unmatched
         failed_early = [(name, f"{name}: ambiguous, several files share this name: "
                          + ", ".join(str(p) for p in files)) for name, files in pairing.ambiguous.items()]
@@ -124,14 +134,30 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         raise UsageError("give an output folder with -o OUT_DIR")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: output exists and is not a folder")
+    outputs = [output_path(p, out_dir, options.ext) for p in pairs]
+    check_inputs_untouched(outputs, [f for p in pairs for f in (p.ir, p.vis)],
+                           out_dir if any(p.out is None for p in pairs) else None,
+                           [d for d in (ir, vis) if pairs_csv is None and d is not None and d.is_dir()])
+    total = len(pairs)
     if shard_k_n is not None:
         pairs = select_shard(pairs, *shard_k_n)
         failed_early = [(n, r) for n, r in failed_early if _in_shard(n, shard_k_n)]
+        if not pairs and not failed_early:
+            if not quiet:
+                err.print(f"shard {shard_k_n[0]}/{shard_k_n[1]}: none of the {total} pairs fall in this slice; "
+                          "nothing to do", markup=False)
+            return 0
 
     # ---- the model
     fuser = Fuser(model, weights=weights, device=device, precision=precision, tile=options.tile,
                   batch_size=options.batch_size)
     weights_path = fuser.weights_path
+    # the output folder (or each listed output's folder) exists and takes files before any pair is fused;
+    # a problem with a mirrored sub-folder (-r) fails only the pairs that go there
+    folders = {p.out.parent for p in pairs if p.out is not None}
+    if out_dir is not None and any(p.out is None for p in pairs):
+        folders.add(out_dir)
+    prepare_output_folders(folders)
 
     # ---- run
     if not quiet:
@@ -176,6 +202,33 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
                   f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
                   f"({summary.pairs_per_second:.2f} pairs/s) on {torch_device}", markup=False)
     return 1 if summary.failed else 0
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _no_pairs(ir: Path, vis: Path, recursive: bool, pairing) -> str:
+    """The one line for two folders without a single pair: what each holds, and -r when it would help."""
+    counts = f"{len(pairing.unmatched_ir)} image(s) in {ir}, {len(pairing.unmatched_vis)} in {vis}"
+    if pairing.unmatched_ir and pairing.unmatched_vis:
+        why = "no file name (stem) is in both"
+    else:
+        why = "nothing to pair"
+    nested = [str(folder) for folder in dict.fromkeys((ir, vis)) if _has_subfolders(folder)]
+    hint = f"; {' and '.join(nested)} {'has' if len(nested) == 1 else 'have'} sub-folders: add -r to walk them" \
+        if nested and not recursive else ""
+    return f"no image pairs: {counts} ({why}){hint}"
+
+
+def _has_subfolders(folder: Path) -> bool:
+    try:
+        return any(entry.is_dir() and not entry.name.startswith(".") for entry in folder.iterdir())
+    except OSError:
+        return False
 
 
 def _in_shard(name: str, k_n: tuple[int, int]) -> bool:
