@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""CPU time per pair of the two output heads, side by side in one run.
+
+    python scripts/bench_head.py [--threads 2] [--rounds 9] [--size 480 640]
+
+The cpu preset with the blend head (the default) and with the direct head (the first release's), random
+weights, float32, torch.inference_mode, after warm-up; passes alternate (and which goes first alternates) so
+load from other processes falls on both alike. Reports each head's median wall time and process CPU time per
+pair and the ratio blend / direct of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from diffmf_cli.models import create_model, get_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--size", type=int, nargs=2, default=(480, 640))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = {head: create_model(get_config("cpu").replace(head=head)).eval() for head in ("blend", "direct")}
+    ir, vis = torch.rand(1, 1, *args.size), torch.rand(1, 1, *args.size)
+    wall: dict[str, list[float]] = {h: [] for h in models}
+    cpu: dict[str, list[float]] = {h: [] for h in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model(ir, vis)
+        for r in range(args.rounds):
+            order = list(models) if r % 2 == 0 else list(reversed(models))
+            for head in order:
+                t0, c0 = time.perf_counter(), time.process_time()
+                models[head](ir, vis)
+                wall[head].append(time.perf_counter() - t0)
+                cpu[head].append(time.process_time() - c0)
+    med = {h: (statistics.median(wall[h]), statistics.median(cpu[h])) for h in models}
+    for head, (w, c) in med.items():
+        print(f"{head:6s} head: {w * 1000:7.1f} ms wall, {c * 1000:7.1f} ms CPU per {args.size[0]}x{args.size[1]} pair")
+    print(f"blend / direct: wall {med['blend'][0] / med['direct'][0]:.3f}, CPU {med['blend'][1] / med['direct'][1]:.3f}"
+          f"  (load average {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
