@@ -40,23 +40,30 @@ from diffmf_cli.io.images import from_opencv, to_opencv
 from diffmf_cli.io.pairs import Pair
 
 
-def load_model(model: str | None, weights: str | Path | None, device: torch.device) -> tuple[torch.nn.Module, Path]:
-    """(network on `device`, weights file) for a shipped model name or a weights file; CheckpointError (exit 2)
-    when it cannot be loaded, UsageError for an unknown model name or both given."""
-    from diffmf_cli.weights import SHIPPED_MODELS, load_weights, resolve_weights
+def resolve_model(model: str | None, weights: str | Path | None) -> tuple[str | None, Path]:
+    """(shipped model name or None, weights file) for a shipped model name or a weights file: UsageError for an
+    unknown name or both given, CheckpointError (exit 2) when the file is missing."""
+    from diffmf_cli.weights import SHIPPED_MODELS, resolve_weights
 
     if weights is not None:
         if model is not None:
             raise UsageError("give --model or --weights, not both")
-        path = resolve_weights(weights)
-    else:
-        name = model or "ir-vis"
-        if name not in SHIPPED_MODELS:
-            raise UsageError(f"--model {name}: expected one of {', '.join(SHIPPED_MODELS)} (or use --weights PATH)")
-        try:
-            path = resolve_weights(name)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{exc}; no trained weights, so nothing is fused (pass --weights PATH)") from None
+        return None, resolve_weights(weights)
+    name = model or "ir-vis"
+    if name not in SHIPPED_MODELS:
+        raise UsageError(f"--model {name}: expected one of {', '.join(SHIPPED_MODELS)} (or use --weights PATH)")
+    try:
+        return name, resolve_weights(name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; no trained weights, so nothing is fused (pass --weights PATH)") from None
+
+
+def load_model(model: str | None, weights: str | Path | None, device: torch.device) -> tuple[torch.nn.Module, Path]:
+    """(network on `device`, weights file) for a shipped model name or a weights file (see `resolve_model`);
+    CheckpointError when the file cannot be trusted."""
+    from diffmf_cli.weights import load_weights
+
+    _name, path = resolve_model(model, weights)
     net, _meta = load_weights(path, device=device)
     return net, path
 
@@ -130,4 +137,4 @@ class Fuser:
         yield from engine.run(pairs, out_dir)
 
 
-__all__ = ["Fuser", "load_model"]
+__all__ = ["Fuser", "load_model", "resolve_model"]

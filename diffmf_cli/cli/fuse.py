@@ -60,14 +60,25 @@ def fuse_command(
                                            help="A diffmf weights file (.safetensors) instead of a shipped "
                                            "model."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (a record per pair) on stdout."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON record per pair on stdout as soon as it "
+                               "is done (flushed), for a downstream step to start before the run ends."),
+    engine: str = typer.Option("local", "--engine", help="local (this process), or ray: an actor pool on the "
+                               "Ray cluster at $RAY_ADDRESS, else on a new local one (pip install "
+                               "\"diffmf[ray]\")."),
+    workers: int = typer.Option(1, "--workers", help="--engine ray: actors, each loading the model once."),
+    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker", help="--engine ray: CPUs (and torch "
+                                          "threads) per actor."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="--engine ray: GPUs per actor "
+                                          "(fractions share a GPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary; failures still listed."),
 ) -> None:
     """Fuse every registered pair: IR_DIR VIS_DIR -o OUT_DIR, or IR_FILE VIS_FILE -o FUSED_FILE, or --pairs."""
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out = Console(highlight=False, soft_wrap=True)
     try:
+        scale = _engine_choice(engine, workers, cpus_per_worker, gpus_per_worker)
         code = _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device,
-                    batch_size, precision, tile, shard, model, weights, as_json, quiet)
+                    batch_size, precision, tile, shard, model, weights, as_json, quiet, jsonl, scale)
     except DiffMFError as exc:
         err.print(f"diffmf fuse: error: {exc}", markup=False)
         raise typer.Exit(exc.exit_code) from None
@@ -77,17 +88,37 @@ def fuse_command(
     raise typer.Exit(code)
 
 
+def _engine_choice(engine: str, workers: int, cpus_per_worker: float, gpus_per_worker: float):
+    """None for the local engine, else the Ray actor pool's settings (checked before anything runs)."""
+    key = engine.strip().lower()
+    if key == "local":
+        if (workers, cpus_per_worker, gpus_per_worker) != (1, 1.0, 0.0):
+            raise UsageError("--workers, --cpus-per-worker and --gpus-per-worker go with --engine ray")
+        return None
+    if key != "ray":
+        raise UsageError(f"--engine {engine}: expected local or ray")
+    from diffmf_cli.ray_engine import RaySettings, import_ray
+
+    settings = RaySettings(workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+    import_ray()  # not installed: one line saying how, before the pairs are listed
+    return settings
+
+
 def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device, batch_size,
-         precision, tile, shard, model, weights, as_json, quiet) -> int:
+         precision, tile, shard, model, weights, as_json, quiet, jsonl=False, scale=None) -> int:
     from diffmf_cli.api import Fuser
     from diffmf_cli.fusion import FuseOptions, PairResult, Summary, parse_tile, resolve_device, resolve_precision
     from diffmf_cli.fusion import output_path
     from diffmf_cli.io.outputs import check_inputs_untouched, prepare_output_folders
     from diffmf_cli.io.pairs import Pair, is_image_file, pair_folders, parse_shard, read_pair_list, select_shard
 
+    stdout = sys.stdout  # records go here even while an engine (Ray) points sys.stdout elsewhere
+
     options = FuseOptions(ext=ext.lower().lstrip("."), gray=gray, overwrite=overwrite, batch_size=batch_size,
                           tile=parse_tile(tile))
     shard_k_n = parse_shard(shard) if shard is not None else None
+    if as_json and jsonl:
+        raise UsageError("give --json (one document at the end) or --jsonl (a record per pair), not both")
     if model is not None and weights is not None:
         raise UsageError("give --model or --weights, not both")
     torch_device = resolve_device(device)
@@ -148,32 +179,57 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
                           "nothing to do", markup=False)
             return 0
 
-    # ---- the model
-    fuser = Fuser(model, weights=weights, device=device, precision=precision, tile=options.tile,
-                  batch_size=options.batch_size)
-    weights_path = fuser.weights_path
+    # ---- the model (local: loaded here; ray: each worker loads it, the driver checks the weights file)
+    if scale is None:
+        fuser = Fuser(model, weights=weights, device=device, precision=precision, tile=options.tile,
+                      batch_size=options.batch_size)
+        weights_path = fuser.weights_path
+        where = str(torch_device)
+    else:
+        from diffmf_cli.api import resolve_model
+        from diffmf_cli.weights import read_metadata
+
+        name, weights_path = resolve_model(model, weights)
+        read_metadata(weights_path)  # a corrupt file stops here (exit 2), not in every worker
+        where = f"ray ({scale.workers} worker{'s' if scale.workers != 1 else ''})"
     # the output folder (or each listed output's folder) exists and takes files before any pair is fused;
     # a problem with a mirrored sub-folder (-r) fails only the pairs that go there
     folders = {p.out.parent for p in pairs if p.out is not None}
     if out_dir is not None and any(p.out is None for p in pairs):
         folders.add(out_dir)
     prepare_output_folders(folders)
+    if scale is None:
+        results = fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite)
+    else:
+        from diffmf_cli.ray_engine import FuserSpec, run_ray
+
+        spec = FuserSpec(model=name, weights=None if name else str(weights_path.resolve()), device=device,
+                         precision=precision, tile=options.tile, batch_size=options.batch_size, ext=options.ext,
+                         gray=options.gray, overwrite=options.overwrite)
+        results = run_ray(pairs, out_dir, spec, scale)
 
     # ---- run
     if not quiet:
         for path in unmatched:
             err.print(f"no partner: {path}", markup=False)
     summary = Summary(unmatched=len(unmatched))
+
+    def add(result: PairResult) -> None:
+        summary.add(result)
+        if jsonl:
+            stdout.write(json.dumps(result.to_record()) + "\n")
+            stdout.flush()
+
     for name, reason in failed_early:
-        summary.add(PairResult(-1, name, None, None, None, "failed", reason))
+        add(PairResult(-1, name, None, None, None, "failed", reason))
     start = time.perf_counter()
     progress = _progress(err, len(pairs)) if (not quiet and err.is_terminal and pairs) else None
     try:
         task = progress.add_task("fusing", total=len(pairs)) if progress else None
         if progress:
             progress.start()
-        for result in fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite):
-            summary.add(result)
+        for result in results:
+            add(result)
             if progress:
                 progress.advance(task)
     finally:
@@ -191,16 +247,17 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
             "fused": summary.fused, "skipped": summary.skipped, "failed": summary.failed,
             "unmatched": summary.unmatched, "seconds": round(summary.seconds, 3),
             "pairs_per_second": round(summary.pairs_per_second, 3),
-            "device": str(torch_device), "precision": precision, "weights": str(weights_path),
+            "device": where, "precision": precision, "weights": str(weights_path),
             "unmatched_files": [str(p) for p in unmatched],
             "pairs": [r.to_record() for r in summary.results],
         }
-        sys.stdout.write(json.dumps(doc) + "\n")
-        sys.stdout.flush()
+        stdout.write(json.dumps(doc) + "\n")
+        stdout.flush()
     elif not quiet:
-        out.print(f"{summary.fused} fused, {summary.skipped} skipped, {summary.failed} failed, "
-                  f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
-                  f"({summary.pairs_per_second:.2f} pairs/s) on {torch_device}", markup=False)
+        line = (f"{summary.fused} fused, {summary.skipped} skipped, {summary.failed} failed, "
+                f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
+                f"({summary.pairs_per_second:.2f} pairs/s) on {where}")
+        (err if jsonl else out).print(line, markup=False)  # with --jsonl, stdout holds records only
     return 1 if summary.failed else 0
 
 

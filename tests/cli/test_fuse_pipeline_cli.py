@@ -79,3 +79,35 @@ def test_shard_auto_outside_an_array_job_is_one_line(folders, tmp_path, tiny_wei
     assert res.exit_code == 2
     assert res.stderr.startswith("diffmf fuse: error: --shard auto: not in a SLURM array job")
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_jsonl_is_one_record_per_pair_and_nothing_else_on_stdout(folders, tmp_path, tiny_weights):
+    ir, vis = folders
+    (vis / "p7.png").write_bytes(b"broken")
+    res = fuse(ir, vis, "-o", tmp_path / "out", "--jsonl", weights=tiny_weights)
+    assert res.exit_code == 1
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert sorted(r["name"] for r in records) == [f"p{i}" for i in range(8)]
+    assert [r["status"] for r in records].count("failed") == 1
+    assert "7 fused, 0 skipped, 1 failed" in res.stderr  # the summary goes to stderr
+    assert fuse(ir, vis, "-o", tmp_path / "o", "--jsonl", "--json", weights=tiny_weights).exit_code == 2
+
+
+def test_jsonl_records_arrive_while_the_run_goes_on(tmp_path, tiny_weights):
+    import os
+    import subprocess
+    import sys
+
+    for i in range(40):
+        write_image(tmp_path / "ir" / f"s{i:02d}.png", RNG.integers(0, 256, (128, 160)).astype(np.uint8))
+        write_image(tmp_path / "vis" / f"s{i:02d}.png", RNG.integers(0, 256, (128, 160)).astype(np.uint8))
+    cmd = [sys.executable, "-m", "diffmf_cli", "fuse", str(tmp_path / "ir"), str(tmp_path / "vis"), "-o",
+           str(tmp_path / "out"), "--jsonl", "--weights", str(tiny_weights)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first = json.loads(proc.stdout.readline())
+    running = proc.poll() is None
+    rest, _ = proc.communicate(timeout=300)
+    assert first["status"] == "fused" and Path(first["output"]).is_file()
+    assert running, "the first record came only when the run had ended"
+    assert proc.returncode == 0 and len(rest.splitlines()) == 39
