@@ -91,6 +91,7 @@ class Fuser:
         self.dtype: torch.dtype = resolve_precision(precision, self.device)
         self.precision: str = next(k for k, v in PRECISIONS.items() if v == self.dtype)
         net, self.weights_path = load_model(model, weights, self.device)
+        self.model_name: str = str(model or "ir-vis") if weights is None else str(self.weights_path)
         self._engine = FusionEngine(net, self.device, self.dtype, options)
 
     @property
@@ -128,11 +129,17 @@ class Fuser:
 
     def run(self, pairs: Iterable[Pair], out_dir: Path | None = None, *, ext: str = "png", gray: bool = False,
             overwrite: bool = False) -> Iterator[PairResult]:
-        """Fuse pairs of files into `out_dir` (or each pair's own `out`), as `diffmf fuse` does: outputs that
-        exist are skipped unless `overwrite`, every output is written atomically, a bad pair is a "failed"
-        result and the others go on. Yields one `PairResult` per pair as each finishes."""
+        """Fuse pairs of files into `out_dir` (or each pair's own `out`), as `diffmf fuse` does: every output
+        gets a record of what made it (`diffmf_cli.io.records`); outputs that exist from the same settings
+        are skipped, outputs of other settings raise UsageError before anything is fused (unless
+        `overwrite`); every output is written atomically; a bad pair is a "failed" result and the others go
+        on. Yields one `PairResult` per pair as each finishes."""
+        from diffmf_cli.io.records import settings_for
+
+        settings = settings_for(self.weights_path, gray=gray, precision=self.precision,
+                                tile=self._engine.options.tile, model=self.model_name)
         options = dataclasses.replace(self._engine.options, ext=ext.lower().lstrip("."), gray=gray,
-                                      overwrite=overwrite)
+                                      overwrite=overwrite, settings=settings)
         engine = FusionEngine(self._engine.model, self.device, self.dtype, options)
         yield from engine.run(pairs, out_dir)
 

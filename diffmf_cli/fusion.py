@@ -7,9 +7,10 @@ Pipeline (one `FusionEngine.run` call):
      YCrCb split)         batch_size)           large, device/dtype)     atomic write)
 
 Reading and writing run in threads (OpenCV releases the GIL while it decodes, converts and encodes), so
-the model works while the next pairs load and the last ones are written. A pair whose output already
-exists is skipped before it is read (a re-run resumes); every failure is caught per pair and reported
-with a one-line reason, and the other pairs go on.
+the model works while the next pairs load and the last ones are written. With output records
+(`FuseOptions.settings`, see `diffmf_cli.io.records`) a pair whose output exists from the same settings is
+skipped before it is read (a re-run resumes), and outputs of other settings stop the run before anything is
+fused; every failure is caught per pair and reported with a one-line reason, and the other pairs go on.
 
 Large images are fused in overlapping square tiles blended without seams, the tile size chosen from the
 memory the device has free (or fixed with `tile=`): `diffmf_cli.tiling` plans and computes, this module
@@ -19,12 +20,13 @@ reads, groups and writes. Device and precision names live in `diffmf_cli.device`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -39,11 +41,22 @@ from diffmf_cli.io.images import (
     read_image,
     rgb_to_ycrcb,
     to_float,
+    encode_image,
     to_gray,
-    write_image,
     ycrcb_to_rgb,
 )
+from diffmf_cli.io.files import atomic_write_bytes
+from diffmf_cli.io.outputs import check_inputs_untouched
 from diffmf_cli.io.pairs import IMAGE_EXTENSIONS, Pair
+from diffmf_cli.io.records import (
+    CONFLICT,
+    SKIP,
+    OutputSettings,
+    check_output,
+    conflict_message,
+    file_sha256,
+    write_record,
+)
 from diffmf_cli.tiling import MemoryPlanner, TiledForward, tile_starts, working_bytes_per_pixel  # noqa: F401
 
 #: Loaded-but-not-yet-fused pixels the readers may run ahead by (bounds host memory for huge images).
@@ -56,7 +69,8 @@ PREFETCH_PIXELS = 24_000_000
 @dataclass
 class PairResult:
     """What happened to one pair. `status` is "fused", "skipped" or "failed"; `ms` the wall time spent on it
-    (its read and write, plus its share of the batch's compute)."""
+    (its read and write, plus its share of the batch's compute); `reason` why it was skipped, or why an
+    existing output was made again."""
 
     index: int
     name: str
@@ -68,6 +82,7 @@ class PairResult:
     ms: float = 0.0
     size: tuple[int, int] | None = None
     tiles: int = 0
+    reason: str | None = None
 
     def to_record(self) -> dict:
         return {
@@ -77,6 +92,7 @@ class PairResult:
             "output": None if self.output is None else str(self.output),
             "status": self.status,
             "error": self.error,
+            "reason": self.reason,
             "ms": round(self.ms, 2),
             "height": None if self.size is None else self.size[0],
             "width": None if self.size is None else self.size[1],
@@ -90,7 +106,12 @@ class FuseOptions:
 
     ext: output format for pairs without an explicit output path ("png", "jpg", "tif", ...).
     gray: write the fused luminance only, even for colour visible inputs.
-    overwrite: redo pairs whose output exists (default: skip them, so re-runs resume).
+    overwrite: redo pairs whose output exists, whatever made it.
+    settings: what decides the pixels (`diffmf_cli.io.records.OutputSettings`, which must match `gray` and
+        the run's weights/precision/tile). Given, every output gets a record, existing outputs are skipped
+        only when their record shows these settings, and outputs of other settings (or without a record)
+        stop the run before anything is fused, unless `overwrite`. None: no records, and any existing
+        output is skipped.
     batch_size: most same-size pairs (or tiles) per forward pass; None = 1 on CPU (batching gains nothing
         there, and a pair's result then never depends on which pairs share its batch, so a resumed run
         writes the same bytes as an uninterrupted one) and 8 on CUDA.
@@ -110,6 +131,7 @@ class FuseOptions:
     memory_budget: int | None = None
     readers: int = 2
     durable: bool = True
+    settings: OutputSettings | None = None
 
     def __post_init__(self):
         if "." + self.ext.lower().lstrip(".") not in IMAGE_EXTENSIONS:
@@ -120,6 +142,8 @@ class FuseOptions:
             raise UsageError(f"--tile {self.tile}: tiles must be at least 16 pixels (or 0 for no tiling)")
         if self.tile_overlap < 0:
             raise UsageError(f"tile overlap must be >= 0, got {self.tile_overlap}")
+        if self.settings is not None and self.settings.gray != self.gray:
+            raise ValueError("FuseOptions: settings.gray must equal gray")
 
 
 def output_path(pair: Pair, out_dir: Path | None, ext: str) -> Path:
@@ -147,6 +171,9 @@ class _Loaded:
     crcb: np.ndarray | None
     depth: int
     ms: float
+    reason: str | None = None
+    ir_sha256: str = ""
+    vis_sha256: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -272,11 +299,19 @@ class FusionEngine:
         return FilePipeline(self).run(pairs, out_dir)
 
 
-def write_fused(out: Path, fused: np.ndarray, crcb: np.ndarray | None, depth: int, durable: bool = True) -> None:
+def write_fused(out: Path, fused: np.ndarray, crcb: np.ndarray | None, depth: int, durable: bool = True,
+                before: Callable[[bytes], None] | None = None) -> None:
     """The write step of a run: the fused luminance (H, W) in [0, 1] with the visible chroma put back (when
-    given), at `depth` bits where the format keeps 16 (png, tif) and 8 otherwise, written atomically."""
+    given), at `depth` bits where the format keeps 16 (png, tif) and 8 otherwise, written atomically.
+    `before` gets the encoded bytes before they are written (the output record goes first)."""
     depth = depth if out.suffix.lower() in SIXTEEN_BIT_EXTENSIONS else 8
-    write_image(out, finish_pair(fused, crcb, depth), durable=durable)
+    data = encode_image(out, finish_pair(fused, crcb, depth))
+    if before is not None:
+        before(data)
+    try:
+        atomic_write_bytes(out, data, durable=durable)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write output ({exc.strerror or exc})") from None
 
 
 class FilePipeline:
@@ -293,17 +328,29 @@ class FilePipeline:
 
     def run(self, pairs: Iterable[Pair], out_dir: Path | None = None) -> Iterator[PairResult]:
         opts = self.options
-        todo: list[tuple[int, Pair, Path]] = []
+        todo: list[tuple[int, Pair, Path, str | None]] = []
+        early: list[PairResult] = []
+        conflicts: list[tuple[Path, str]] = []
+        planned: list[tuple[int, Pair, Path]] = []
         for index, pair in enumerate(pairs):
             try:
-                out = output_path(pair, out_dir, opts.ext)
+                planned.append((index, pair, output_path(pair, out_dir, opts.ext)))
             except DiffMFError as exc:
-                yield PairResult(index, pair.name, pair.ir, pair.vis, None, "failed", str(exc))
-                continue
-            if not opts.overwrite and out.exists():
-                yield PairResult(index, pair.name, pair.ir, pair.vis, out, "skipped")
-                continue
-            todo.append((index, pair, out))
+                early.append(PairResult(index, pair.name, pair.ir, pair.vis, None, "failed", str(exc)))
+        # never onto a source, whoever calls (the CLI checks this earlier, with the input folders too)
+        check_inputs_untouched([out for _i, _p, out in planned], [f for _i, p, _o in planned for f in (p.ir, p.vis)],
+                               out_dir if any(p.out is None for _i, p, _o in planned) else None)
+        for index, pair, out in planned:
+            verdict, reason = self._verdict(pair, out)
+            if verdict == SKIP:
+                early.append(PairResult(index, pair.name, pair.ir, pair.vis, out, "skipped", reason=reason))
+            elif verdict == CONFLICT:
+                conflicts.append((out, reason or ""))
+            else:
+                todo.append((index, pair, out, reason))
+        if conflicts:
+            raise UsageError(conflict_message(conflicts))
+        yield from early
         if not todo:
             return
         self.engine.planner.refresh()  # re-read free memory for this run
@@ -361,17 +408,30 @@ class FilePipeline:
             read_pool.shutdown(wait=True, cancel_futures=True)
             write_pool.shutdown(wait=True)
 
-    def _load(self, index: int, pair: Pair, out: Path) -> _Loaded | PairResult:
+    def _verdict(self, pair: Pair, out: Path) -> tuple[str, str | None]:
+        """What to do with a pair's output: fuse (with why, when it exists), skip (why) or conflict (why)."""
+        if self.options.overwrite:
+            return "fuse", ("replaced an existing output, --overwrite" if out.exists() else None)
+        if self.options.settings is None:
+            return (SKIP, "output exists") if out.exists() else ("fuse", None)
+        return check_output(out, self.options.settings, pair.ir, pair.vis)
+
+    def _load(self, index: int, pair: Pair, out: Path, reason: str | None = None) -> _Loaded | PairResult:
         start = time.perf_counter()
         try:
             ir, y, crcb, depth = load_pair(pair, keep_colour=not self.options.gray)
+            digests = (file_sha256(pair.ir), file_sha256(pair.vis)) if self.options.settings else ("", "")
+        except OSError as exc:
+            return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed",
+                              f"{exc.filename or pair.ir}: cannot read file ({exc.strerror or exc})",
+                              ms=(time.perf_counter() - start) * 1e3)
         except DiffMFError as exc:
             return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed", str(exc),
                               ms=(time.perf_counter() - start) * 1e3)
         except Exception as exc:  # an unexpected decoder failure must not stop the other pairs
             return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed",
                               f"{pair.ir}: {one_line(exc)}", ms=(time.perf_counter() - start) * 1e3)
-        return _Loaded(index, pair, out, ir, y, crcb, depth, (time.perf_counter() - start) * 1e3)
+        return _Loaded(index, pair, out, ir, y, crcb, depth, (time.perf_counter() - start) * 1e3, reason, *digests)
 
     def _compute_largest(self, groups, writes, write_pool) -> int:
         shape = max(groups, key=lambda s: len(groups[s]))
@@ -406,21 +466,29 @@ class FilePipeline:
     def _write(self, item: _Loaded, fused: np.ndarray, ms: float, tiles: int) -> PairResult:
         start = time.perf_counter()
         pair = item.pair
+        settings = self.options.settings
+        record = None
+        if settings is not None:
+            def record(data: bytes) -> None:
+                try:
+                    write_record(item.out, settings, hashlib.sha256(data).hexdigest(), pair.ir, pair.vis,
+                                 item.ir_sha256, item.vis_sha256, self._made(tiles), self.options.durable)
+                except OSError as exc:
+                    raise InputError(f"{item.out}: cannot write its record ({exc.strerror or exc})") from None
         try:
-            write_fused(item.out, fused, item.crcb, item.depth, self.options.durable)
+            write_fused(item.out, fused, item.crcb, item.depth, self.options.durable, before=record)
             status, error = "fused", None
         except DiffMFError as exc:
             status, error = "failed", str(exc)
         except Exception as exc:
             status, error = "failed", f"{item.out}: {one_line(exc)}"
         ms += (time.perf_counter() - start) * 1e3
-        return PairResult(item.index, pair.name, pair.ir, pair.vis, item.out, status, error, ms, item.shape, tiles)
+        return PairResult(item.index, pair.name, pair.ir, pair.vis, item.out, status, error, ms, item.shape, tiles,
+                          item.reason if status == "fused" else None)
 
-
-def _done(result: PairResult) -> Future:
-    fut: Future = Future()
-    fut.set_result(result)
-    return fut
+    def _made(self, tiles: int) -> dict:
+        engine = self.engine
+        return {"device": str(engine.device), "batch_size": self.options.batch_size, "tiles": tiles}
 
 
 @dataclass
@@ -433,6 +501,7 @@ class Summary:
     unmatched: int = 0
     seconds: float = 0.0
     results: list[PairResult] = field(default_factory=list)
+    reasons: dict[str, dict[str, int]] = field(default_factory=lambda: {"fused": {}, "skipped": {}})
 
     def add(self, result: PairResult) -> None:
         self.results.append(result)
@@ -442,6 +511,9 @@ class Summary:
             self.skipped += 1
         else:
             self.failed += 1
+        if result.reason and result.status in self.reasons:
+            counts = self.reasons[result.status]
+            counts[result.reason] = counts.get(result.reason, 0) + 1
 
     @property
     def pairs_per_second(self) -> float:

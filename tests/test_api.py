@@ -77,7 +77,7 @@ def test_fuse_gives_the_cli_bytes(fuser, tiny_weights, tmp_path, gray):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["fused"] == 4
-    for out in sorted((tmp_path / "out").iterdir()):
+    for out in sorted((tmp_path / "out").glob("[!.]*")):
         ir = cv2.imread(str(tmp_path / "ir" / out.name), cv2.IMREAD_UNCHANGED)
         vis = cv2.imread(str(tmp_path / "vis" / out.name), cv2.IMREAD_UNCHANGED)
         fused = fuser.fuse(ir, vis, gray=gray)

@@ -191,6 +191,15 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
 
         name, weights_path = resolve_model(model, weights)
         read_metadata(weights_path)  # a corrupt file stops here (exit 2), not in every worker
+        if not overwrite:  # outputs of other settings stop the run here, not in a worker
+            from diffmf_cli.io.records import conflict_message, find_conflicts, settings_for
+
+            settings = settings_for(weights_path, gray=gray, precision=precision.strip().lower(),
+                                    tile=options.tile, model=name or str(weights_path))
+            conflicts = find_conflicts([(output_path(p, out_dir, options.ext), p.ir, p.vis) for p in pairs],
+                                       settings)
+            if conflicts:
+                raise UsageError(conflict_message(conflicts))
         where = f"ray ({scale.workers} worker{'s' if scale.workers != 1 else ''})"
     # the output folder (or each listed output's folder) exists and takes files before any pair is fused;
     # a problem with a mirrored sub-folder (-r) fails only the pairs that go there
@@ -249,16 +258,28 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
             "pairs_per_second": round(summary.pairs_per_second, 3),
             "device": where, "precision": precision, "weights": str(weights_path),
             "unmatched_files": [str(p) for p in unmatched],
+            "reasons": summary.reasons,
             "pairs": [r.to_record() for r in summary.results],
         }
         stdout.write(json.dumps(doc) + "\n")
         stdout.flush()
     elif not quiet:
-        line = (f"{summary.fused} fused, {summary.skipped} skipped, {summary.failed} failed, "
+        fused = _counted(summary.fused, "fused", summary.reasons["fused"])
+        skipped = _counted(summary.skipped, "skipped", summary.reasons["skipped"])
+        line = (f"{fused}, {skipped}, {summary.failed} failed, "
                 f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
                 f"({summary.pairs_per_second:.2f} pairs/s) on {where}")
         (err if jsonl else out).print(line, markup=False)  # with --jsonl, stdout holds records only
     return 1 if summary.failed else 0
+
+
+def _counted(count: int, word: str, reasons: dict[str, int]) -> str:
+    """``25 skipped (output exists from the same settings)``; several reasons each with their count."""
+    if not reasons:
+        return f"{count} {word}"
+    if len(reasons) == 1 and next(iter(reasons.values())) == count:
+        return f"{count} {word} ({next(iter(reasons))})"
+    return f"{count} {word} (" + "; ".join(f"{n}: {why}" for why, n in reasons.items()) + ")"
 
 
 def _same(a: Path, b: Path) -> bool:

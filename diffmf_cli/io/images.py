@@ -144,6 +144,16 @@ def write_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95, du
     when it cannot be written (folder not writable, disk full, unknown extension, 16 bits to JPEG/BMP).
     """
     path = Path(path)
+    data = encode_image(path, img, jpeg_quality=jpeg_quality)
+    try:
+        atomic_write_bytes(path, data, durable=durable)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
+
+
+def encode_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95) -> bytes:
+    """The bytes `write_image` writes for `img` at `path` (format from the extension); InputError as there."""
+    path = Path(path)
     ext = path.suffix.lower()
     if ext not in IMAGE_EXTENSIONS:
         raise InputError(f"{path}: unknown output format '{path.suffix}' (use png, jpg, bmp or tif)")
@@ -160,7 +170,4 @@ def write_image(path: Path | str, img: np.ndarray, *, jpeg_quality: int = 95, du
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
     if not ok:
         raise InputError(f"{path}: OpenCV could not encode the image as {ext[1:]}")
-    try:
-        atomic_write_bytes(path, buf.tobytes(), durable=durable)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
+    return buf.tobytes()

@@ -70,7 +70,7 @@ def test_folders_are_fused_by_stem(tmp_path, tiny_weights):
     write_image(vis / "lonely.png", img(5, 5))
     res = fuse(ir, vis, "-o", tmp_path / "out", weights=tiny_weights)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png", "c.png", "d.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["a.png", "b.png", "c.png", "d.png"]
     assert read_image(tmp_path / "out" / "a.png").shape == (20, 28, 3)  # colour visible -> colour output
     assert read_image(tmp_path / "out" / "b.png").shape == (20, 28)
     assert read_image(tmp_path / "out" / "d.png").shape == (1, 1)
@@ -111,7 +111,7 @@ def test_bad_inputs_fail_one_line_each_and_the_rest_is_done(tmp_path, tiny_weigh
     write_image(vis / "text.png", img(16, 16))
     res = fuse(ir, vis, "-o", tmp_path / "out", weights=tiny_weights)
     assert res.exit_code == 1, res.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.png", "good2.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["good1.png", "good2.png"]
     failed = [line for line in res.stderr.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 5
     expect = {
@@ -186,7 +186,7 @@ def test_shards_are_disjoint_stable_and_cover(tmp_path, tiny_weights):
         out = tmp_path / f"shard{k}"
         res = fuse(ir, vis, "-o", out, "--shard", f"{k}/3", "--json", weights=tiny_weights)
         assert res.exit_code == 0, res.output
-        mine = sorted(p.stem for p in out.iterdir())
+        mine = sorted(p.stem for p in out.glob("[!.]*"))
         again = json.loads(fuse(ir, vis, "-o", tmp_path / f"again{k}", "--shard", f"{k}/3", "--json",
                                 weights=tiny_weights).stdout)
         assert sorted(r["name"] for r in again["pairs"]) == mine  # stable
@@ -202,11 +202,11 @@ def test_resume_after_partial_run_gives_identical_outputs(tmp_path, tiny_weights
     assert fuse(ir, vis, "-o", full, weights=tiny_weights).exit_code == 0
     part = tmp_path / "part"
     assert fuse(ir, vis, "-o", part, "--shard", "0/2", weights=tiny_weights).exit_code == 0
-    done = len(list(part.iterdir()))
+    done = len(list(part.glob("[!.]*")))
     res = fuse(ir, vis, "-o", part, "--json", weights=tiny_weights)
     doc = json.loads(res.stdout)
     assert (doc["skipped"], doc["fused"]) == (done, 6 - done)
-    for p in full.iterdir():
+    for p in full.glob("[!.]*"):
         assert (part / p.name).read_bytes() == p.read_bytes()
 
 
@@ -266,7 +266,7 @@ def test_real_subprocess_run(tmp_path, tiny_weights):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["fused"] == 4 and proc.stderr == ""
-    assert len(list((tmp_path / "out").iterdir())) == 4
+    assert len(list((tmp_path / "out").glob("[!.]*"))) == 4
 
 
 @pytest.mark.slow
@@ -279,7 +279,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path, tiny_weights):
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.is_dir() and sum(1 for p in out.iterdir() if p.suffix == ".png") >= 3:
+        if out.is_dir() and sum(1 for p in out.glob("[!.]*") if p.suffix == ".png") >= 3:
             break
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
@@ -295,7 +295,7 @@ def test_kill_9_then_rerun_matches_uninterrupted_run(tmp_path, tiny_weights):
     clean = tmp_path / "clean"
     assert subprocess.run(base + ["-o", str(clean)], env=_env(), capture_output=True, timeout=300).returncode == 0
     final = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert final == sorted(p.name for p in clean.iterdir())
+    assert final == sorted(p.name for p in clean.iterdir() if not p.name.startswith("."))
     for name in final:
         assert (out / name).read_bytes() == (clean / name).read_bytes(), name
 

@@ -47,7 +47,7 @@ def test_pair_list_on_stdin(folders, tmp_path, tiny_weights, monkeypatch):
     res = fuse("--pairs", "-", "-o", "out", "--json", weights=tiny_weights, input=listing)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["fused"] == 4
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("[!.]*")) == ["p0.png", "p1.png", "p2.png"]
     assert (tmp_path / "x" / "five.tif").is_file()
     res = fuse("--pairs", "-", "-o", "out", weights=tiny_weights, input="ir/p0.png\n")
     assert res.exit_code == 2 and res.stderr.strip() == (
@@ -69,7 +69,7 @@ def test_shard_auto_under_a_slurm_array_matches_explicit_shards(folders, tmp_pat
         assert auto.exit_code == 0 and explicit.exit_code == 0, auto.output + explicit.output
         names = lambda res: sorted(r["name"] for r in json.loads(res.stdout)["pairs"])  # noqa: E731
         assert names(auto) == names(explicit)
-    assert len(list((tmp_path / "auto").iterdir())) == 8  # the three array tasks together: every pair
+    assert len(list((tmp_path / "auto").glob("[!.]*"))) == 8  # the three array tasks together: every pair
 
 
 def test_shard_auto_outside_an_array_job_is_one_line(folders, tmp_path, tiny_weights):

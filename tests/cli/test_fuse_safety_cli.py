@@ -211,3 +211,126 @@ def test_output_folder_is_created_with_parents(tmp_path, tiny_weights):
     res = fuse(ir, vis, "-o", tmp_path / "new" / "deep" / "out", weights=tiny_weights)
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "new" / "deep" / "out").glob("*.png")) == ["a.png", "b.png", "c.png"]
+
+
+# -------------------------------------------------------------------------------- output records (provenance)
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {p.name.removesuffix(".json"): json.loads(p.read_text()) for p in (out / ".diffmf").glob("*.json")}
+
+
+def test_every_output_has_a_record_of_what_made_it(tmp_path, tiny_weights):
+    ir, vis = make_pairs(tmp_path)
+    res = fuse(ir, vis, "-o", tmp_path / "out", "--gray", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    recs = records(tmp_path / "out")
+    assert sorted(recs) == ["a.png", "b.png", "c.png"]
+    rec = recs["a.png"]
+    assert rec["settings"]["gray"] is True and rec["settings"]["precision"] == "fp32"
+    assert rec["settings"]["tile"] == "auto" and rec["settings"]["weights_sha256"] == hashlib.sha256(
+        tiny_weights.read_bytes()).hexdigest()
+    import diffmf_cli
+
+    assert rec["settings"]["diffmf_version"] == diffmf_cli.__version__
+    assert rec["output_sha256"] == hashlib.sha256((tmp_path / "out" / "a.png").read_bytes()).hexdigest()
+    assert rec["inputs"]["ir_sha256"] == hashlib.sha256((ir / "a.png").read_bytes()).hexdigest()
+    # hidden: the records folder is never taken for an image by fuse or evaluate
+    from diffmf_cli.io.pairs import list_images
+
+    assert sorted(list_images(tmp_path / "out", recursive=True)[0]) == ["a", "b", "c"]
+
+
+def test_rerun_with_the_same_settings_skips_and_says_why(tmp_path, tiny_weights):
+    ir, vis = make_pairs(tmp_path)
+    assert fuse(ir, vis, "-o", tmp_path / "out", weights=tiny_weights).exit_code == 0
+    res = fuse(ir, vis, "-o", tmp_path / "out", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    assert "0 fused, 3 skipped (output exists from the same settings)" in res.stdout
+    doc = json.loads(fuse(ir, vis, "-o", tmp_path / "out", "--json", weights=tiny_weights).stdout)
+    assert doc["reasons"]["skipped"] == {"output exists from the same settings": 3}
+    assert {r["reason"] for r in doc["pairs"]} == {"output exists from the same settings"}
+
+
+@pytest.mark.parametrize("change, words", [
+    (["--gray"], "gray off -> on"),
+    (["--tile", "64"], "tile auto -> 64"),
+    (["--tile", "off"], "tile auto -> off"),
+    ("other-weights", "weights"),
+])
+def test_outputs_of_other_settings_are_refused_not_kept(tmp_path, tiny_weights, other_weights, change, words):
+    ir, vis = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
+    before = digests(out)
+    if change == "other-weights":
+        res = fuse(ir, vis, "-o", out, weights=other_weights)
+    else:
+        res = fuse(ir, vis, "-o", out, *change, weights=tiny_weights)
+    line = one_error_line(res, "made with other settings", words, "--overwrite", "nothing was fused")
+    assert "(and 2 more output(s))" in line
+    assert digests(out) == before  # nothing replaced, nothing kept as if it were this run's
+    # the way out: --overwrite replaces them, and says so; then they are this settings' outputs
+    args = ["--weights", other_weights] if change == "other-weights" else change
+    res = CliRunner().invoke(app, ["fuse", str(ir), str(vis), "-o", str(out), "--overwrite", *map(str, args),
+                                   *(["--weights", str(tiny_weights)] if change != "other-weights" else [])])
+    assert res.exit_code == 0, res.output
+    assert "3 fused (replaced an existing output, --overwrite)" in res.stdout
+    res = CliRunner().invoke(app, ["fuse", str(ir), str(vis), "-o", str(out), *map(str, args),
+                                   *(["--weights", str(tiny_weights)] if change != "other-weights" else [])])
+    assert res.exit_code == 0 and "3 skipped" in res.stdout, res.output
+
+
+def test_the_shipped_models_do_not_pass_for_each_other(tmp_path):
+    """The issue's case: `--model medical` after an ir-vis run into the same folder."""
+    ir, vis = make_pairs(tmp_path, names=("a",), size=(16, 16))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["fuse", str(ir), str(vis), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["fuse", str(ir), str(vis), "-o", str(out), "--model", "medical"])
+    one_error_line(res, "made with other settings", "weights ir-vis", "-> medical")
+
+
+def test_outputs_without_a_record_are_refused(tmp_path, tiny_weights):
+    ir, vis = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    write_image(out / "b.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))  # made by something else
+    before = digests(out)
+    one_error_line(fuse(ir, vis, "-o", out, weights=tiny_weights), f"{out / 'b.png'}", "no record of what made it",
+                   "--overwrite")
+    assert digests(out) == before and not (out / "a.png").exists()
+    (out / ".diffmf").mkdir()
+    (out / ".diffmf" / "b.png.json").write_text("{not json")
+    one_error_line(fuse(ir, vis, "-o", out, weights=tiny_weights), "record is unusable")
+
+
+def test_an_interrupted_replacement_or_a_changed_input_is_made_again(tmp_path, tiny_weights):
+    ir, vis = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
+    good = (out / "a.png").read_bytes()
+    # a crash between writing the record and the image leaves an image that is not the recorded one
+    write_image(out / "a.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+    # and an input replaced since the run makes its output stale
+    write_image(vis / "b.png", RNG.integers(0, 256, (12, 16, 3)).astype(np.uint8))
+    res = fuse(ir, vis, "-o", out, "--json", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["fused"], doc["skipped"]) == (2, 1)
+    why = {r["name"]: r["reason"] for r in doc["pairs"]}
+    assert "interrupted" in why["a"] and "input changed" in why["b"]
+    assert (out / "a.png").read_bytes() == good
+
+
+def test_records_written_before_images_in_a_real_process(tmp_path, tiny_weights):
+    """Shards write into one folder from separate processes; each output has its own record, so none is lost."""
+    ir, vis = make_pairs(tmp_path, names=tuple(f"s{i}" for i in range(6)))
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "diffmf_cli", "fuse", str(ir), str(vis), "-o", str(out),
+                               "--shard", f"{k}/2", "--quiet", "--weights", str(tiny_weights)])
+             for k in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert sorted(records(out)) == [f"s{i}.png" for i in range(6)]
+    res = fuse(ir, vis, "-o", out, weights=tiny_weights)
+    assert "0 fused, 6 skipped" in res.stdout
+    assert not [p for p in (out / ".diffmf").iterdir() if p.suffix == ".tmp"]
