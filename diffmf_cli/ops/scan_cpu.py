@@ -29,6 +29,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 
 from diffmf_cli.ops._autograd import grads_for_inputs, input_dtypes
+from diffmf_cli.ops.reference import selective_scan_ref
 
 # Steps between stored states. The backward's scratch (2 x CHUNK x N floats) stays in L1 at this size.
 CHUNK = 64
@@ -414,6 +415,19 @@ class _CpuScan(torch.autograd.Function):
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
-    """The numba path; arguments already validated by `selective_scan`. Same signature and results."""
+    """The numba path; arguments already validated by `selective_scan`. Same signature and results.
+
+    The kernels are compiled with every fastmath flag, ``nnan`` and ``ninf`` included, so LLVM may assume no
+    NaN or inf exists (the clamp in `_exp` would then turn a NaN into a finite number). Inputs holding a NaN
+    or an inf therefore take the float reference (`selective_scan_ref`), whose NaN and inf follow IEEE rules,
+    so a diverged training step still shows as non-finite. Finite inputs never do: the kernels' results stay
+    bit for bit what they were (see tests/ops/test_selective_scan.py)."""
+    if not _all_finite(u, delta, A, B, C, D, z, delta_bias):
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     y, last = _CpuScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return (y, last) if return_last_state else y
+
+
+def _all_finite(*tensors: torch.Tensor | None) -> bool:
+    with torch.no_grad():
+        return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)

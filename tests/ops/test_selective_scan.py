@@ -64,6 +64,32 @@ def test_cpu_extreme_steps_stay_finite():
     compare_with_reference(x, softplus=True)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"])
+def test_cpu_non_finite_inputs_come_out_non_finite_as_in_the_reference(name, bad):
+    # The training loop's divergence guard relies on NaN/inf reaching the loss. The kernels' fastmath may
+    # assume finite values (a clamp would turn NaN finite), so such inputs must give what IEEE arithmetic
+    # gives: the reference's NaN and inf at the same places, forward and backward.
+    x = make_inputs(1, 4, 3, 70, softplus=True, seed=3)
+    t = x[name].clone()
+    t.view(-1)[1] = bad
+    x[name] = t
+    fast = {k: (v.clone().requires_grad_(True) if v is not None else None) for k, v in x.items()}
+    ref = {k: (v.double().requires_grad_(True) if v is not None else None) for k, v in x.items()}
+    with use_scan_path("cpu"):
+        y, last = selective_scan(**fast, delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(**ref, delta_softplus=True, return_last_state=True)
+    if bad != bad:  # a NaN input always reaches the output (an infinite one may not: softplus(-inf) = 0)
+        assert torch.isnan(y).any()
+    for got, want in ((y, y_ref), (last, last_ref)):
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+    y.sum().backward()
+    y_ref.sum().backward()
+    for k in ("u", "delta", "B", "C"):
+        assert torch.equal(torch.isfinite(fast[k].grad), torch.isfinite(ref[k].grad)), k
+
+
 def test_cpu_float64_gradcheck():
     x = make_inputs(2, 3, 2, 7, groups=3, softplus=True, dtype=torch.float64)
     args = [x[k].requires_grad_(True) for k in NAMES]
