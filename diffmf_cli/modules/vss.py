@@ -92,6 +92,8 @@ class ScanParams(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(k * d_inner, **fk))
         self.A_log = nn.Parameter(torch.empty(k * d_inner, d_state, **fk))
         self.D = nn.Parameter(torch.empty(k * d_inner, **fk))
+        for constant in (self.A_log, self.D, self.dt_bias):
+            constant._no_weight_decay = True  # mamba-ssm's tag: the optimiser leaves these out of weight decay
         self._dt_range = (dt_min, dt_max)
         self.reset_parameters()
 

@@ -3,11 +3,13 @@ the user's machine beyond Triton's own JIT.
 
 One program owns one batch element and a block of BLOCK_D channels of one B/C group; the state
 (BLOCK_D, N) lives in registers and the program walks time sequentially. Computation is float32 whatever
-the input dtype (bf16/fp16 inputs, float32 state); results come back in the input's dtype.
+the input dtype (bf16/fp16 inputs, float32 state); y comes back in the input's dtype, the last state in
+float32 (float64 for float64 inputs, as on the other paths, though computed in float32).
 
 Backward: the forward stores the state every CHUNK steps (batch, D, L / CHUNK, N). The backward walks the
 chunks last to first, recomputes the chunk's states into a per-program scratch (CHUNK, BLOCK_D, N) in global
-memory (it stays in L2), then runs the reverse-time recurrence for the state gradient. gB/gC are reduced over
+memory (it stays in L2), then runs the reverse-time recurrence for the state gradient; a block-wide barrier
+separates the two phases, so the scratch is correct whatever thread layouts the compiler picks. gB/gC are reduced over
 the block's channels in registers and written per block, (batch, G, blocks, N, L), then summed by torch: no
 atomics, deterministic. Tested on the CPU in Triton's interpreter (TRITON_INTERPRET=1) against the reference.
 """
@@ -123,6 +125,11 @@ def _scan_bwd_kernel(
         t0 = c * CHUNK_
         h0 = tl.load(ckpt_ptr + ckpt_row + c * nstate, mask=mask_dn, other=0.0)
         h = h0
+        # The scratch is written and read back by tensors whose thread layouts the compiler chooses; a barrier
+        # before each phase makes every thread's stores visible to every reader (and keeps this chunk's
+        # recompute from overwriting states the previous chunk's reverse pass is still reading), whatever the
+        # layouts are.
+        tl.debug_barrier()
         # Recompute the chunk's states into the scratch.
         for i in range(0, CHUNK_):
             t = t0 + i
@@ -137,6 +144,7 @@ def _scan_bwd_kernel(
             Bt = tl.load(B_ptr + bc + t, mask=mask_n & ((n * 0 + t) < length), other=0.0).to(tl.float32)
             h = tl.exp(dt[:, None] * A) * h + (dt * uu)[:, None] * Bt[None, :]
             tl.store(scratch + i * (BLOCK_D * BLOCK_N), h)
+        tl.debug_barrier()
         # Reverse-time recurrence through the chunk.
         for ii in range(0, CHUNK_):
             i = CHUNK_ - 1 - ii
@@ -278,4 +286,6 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                           return_last_state=False):
     """The Triton path; arguments already validated by `selective_scan`. Same signature and results."""
     y, last = _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    return (y, last) if return_last_state else y
+    if not return_last_state:
+        return y
+    return y, (last.to(torch.float64) if u.dtype == torch.float64 else last)

@@ -8,7 +8,7 @@ Paths:
 
 Choice: $DIFFMF_SCAN, else the innermost `use_scan_path(...)`, else automatic by device: CPU -> "cpu",
 CUDA -> "mamba" if it imports, else "triton" if it imports, else "reference". `last_scan_path()` says which
-path the most recent call ran.
+path the calling thread's most recent call ran (per thread, like the `use_scan_path` override).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from diffmf_cli.ops.reference import selective_scan_ref
 PATHS = ("reference", "cpu", "triton", "mamba")
 ENV_VAR = "DIFFMF_SCAN"
 
-_state = threading.local()
-_last_path: str | None = None
+_state = threading.local()  # per thread: .stack (use_scan_path overrides), .last (the last path run)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -124,8 +123,8 @@ def resolve_scan_path(device: torch.device | str) -> str:
 
 
 def last_scan_path() -> str | None:
-    """The path the most recent `selective_scan` call ran, or None before the first call."""
-    return _last_path
+    """The path the calling thread's most recent `selective_scan` call ran, or None before its first call."""
+    return getattr(_state, "last", None)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,7 +201,8 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
 ):
-    """Mamba's selective scan (see `reference.py` for the recurrence), differentiable on every path.
+    """Mamba's selective scan (see `reference.py` for the recurrence), differentiable on every path (the one
+    exception: mamba-ssm's kernel gives the last state no gradient, so the "mamba" path returns it detached).
 
     Args:
         u, delta: (batch, D, L); A: (D, N); B, C: (batch, N, L) or (batch, G, N, L) with G dividing D;
@@ -211,11 +211,10 @@ def selective_scan(
         A, D, delta_bias are floating (usually float32 parameters).
     Returns:
         y (batch, D, L) in u's dtype; with `return_last_state`, also the final state (batch, D, N)
-        (float32, or float64 for float64 inputs).
+        (float32, or float64 for float64 inputs; the "mamba" path returns what mamba-ssm returns, detached).
     Raises:
         ValueError naming the argument and the shapes received, for wrong shapes, devices or dtypes.
     """
-    global _last_path
     _validate(u, delta, A, B, C, D, z, delta_bias)
     path = resolve_scan_path(u.device)
     if path == "cpu":
@@ -227,5 +226,7 @@ def selective_scan(
     else:
         fn = selective_scan_ref
     out = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    _last_path = path
+    if path == "mamba" and return_last_state:
+        out = (out[0], out[1].detach())  # no gradient flows back through it: say so instead of dropping it
+    _state.last = path
     return out

@@ -195,6 +195,17 @@ def _write_json(path: Path, obj) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float):
+    """What the optimiser gets: all parameters (one group) without weight decay; with it, two groups, the
+    parameters tagged ``_no_weight_decay`` (the SSM's A_log, D and Δ bias, as in mamba-ssm) without decay."""
+    if not weight_decay:
+        return model.parameters()
+    params = list(model.parameters())
+    keep = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    return [{"params": [p for p in params if not getattr(p, "_no_weight_decay", False)]},
+            {"params": keep, "weight_decay": 0.0}]
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read a training checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
     path = Path(path)
@@ -449,7 +460,8 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     model.train()
     ema = copy.deepcopy(model)
     ema.requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.Adam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
+                                 weight_decay=settings.weight_decay)
     step, wall_before = 0, 0.0
     if ckpt is not None:
         try:

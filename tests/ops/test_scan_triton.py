@@ -47,3 +47,13 @@ def test_triton_interpreted_bf16_inputs_float32_state():
     y_ref, last_ref = selective_scan_ref(**ref, delta_softplus=True, return_last_state=True)
     assert y.dtype == torch.bfloat16 and last.dtype == torch.float32
     assert rel_err(y, y_ref) < 1e-2 and rel_err(last, last_ref) < 1e-5
+
+
+def test_triton_interpreted_float64_inputs_give_a_float64_last_state():
+    # as every other path does (the kernel computes in float32; the result is handed back in float64)
+    x = {k: (v.double() if v is not None else None) for k, v in make_inputs(1, 2, 4, 9, softplus=True).items()}
+    with use_scan_path("triton"):
+        y, last = selective_scan(**x, delta_softplus=True, return_last_state=True)
+    y_ref, last_ref = selective_scan_ref(**x, delta_softplus=True, return_last_state=True)
+    assert y.dtype == last.dtype == last_ref.dtype == torch.float64
+    assert rel_err(last, last_ref) < 1e-5

@@ -213,6 +213,27 @@ def test_automatic_choice_and_overrides(monkeypatch):
         selective_scan(**x)
 
 
+def test_last_scan_path_is_per_thread_like_the_override():
+    import threading
+
+    x = make_inputs(1, 2, 2, 5)
+    with use_scan_path("cpu"):
+        selective_scan(**x)
+    seen = {}
+
+    def other():
+        seen["before"] = last_scan_path()
+        with use_scan_path("reference"):
+            selective_scan(**x)
+        seen["after"] = last_scan_path()
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    worker.join()
+    assert seen == {"before": None, "after": "reference"}
+    assert last_scan_path() == "cpu"  # another thread's call does not change what this thread ran
+
+
 def test_unknown_or_unusable_paths(monkeypatch):
     monkeypatch.delenv("DIFFMF_SCAN", raising=False)
     with pytest.raises(ValueError, match="unknown scan path"):

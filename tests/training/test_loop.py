@@ -227,3 +227,17 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path, source):
     _assert_same_state(_state(tmp_path / "whole"), _state(tmp_path / "run"))
     rows = [json.loads(l) for l in RunFiles(tmp_path / "run").log.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_ssm_constants_are_kept_out_of_weight_decay():
+    from diffmf_cli.models import create_model
+    from diffmf_cli.training.loop import parameter_groups
+
+    model = create_model("tiny")
+    tagged = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert tagged == {"A_log", "D", "dt_bias"}
+    assert list(parameter_groups(model, 0.0)) == list(model.parameters())  # one group: old checkpoints resume
+    decayed, kept = parameter_groups(model, 1e-4)
+    assert kept["weight_decay"] == 0.0 and "weight_decay" not in decayed
+    assert len(decayed["params"]) + len(kept["params"]) == len(list(model.parameters()))
+    assert all(getattr(p, "_no_weight_decay", False) for p in kept["params"])
