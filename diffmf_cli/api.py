@@ -18,7 +18,7 @@ Nothing here prints; problems raise the typed errors of `diffmf_cli.errors`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,18 +128,19 @@ class Fuser:
         return [to_opencv(finish_pair(f, crcb, depth)) for f, (_ir, _y, crcb, depth) in zip(fused, prepared)]
 
     def run(self, pairs: Iterable[Pair], out_dir: Path | None = None, *, ext: str = "png", gray: bool = False,
-            overwrite: bool = False) -> Iterator[PairResult]:
+            overwrite: bool = False, on_tiles: Callable[[int, int], None] | None = None) -> Iterator[PairResult]:
         """Fuse pairs of files into `out_dir` (or each pair's own `out`), as `diffmf fuse` does: every output
         gets a record of what made it (`diffmf_cli.io.records`); outputs that exist from the same settings
         are skipped, outputs of other settings raise UsageError before anything is fused (unless
         `overwrite`); every output is written atomically; a bad pair is a "failed" result and the others go
-        on. Yields one `PairResult` per pair as each finishes."""
+        on. Yields one `PairResult` per pair as each finishes; `on_tiles(done, total)` is called while a large
+        image is fused in tiles."""
         from diffmf_cli.io.records import settings_for
 
         settings = settings_for(self.weights_path, gray=gray, precision=self.precision,
                                 tile=self._engine.options.tile, model=self.model_name)
         options = dataclasses.replace(self._engine.options, ext=ext.lower().lstrip("."), gray=gray,
-                                      overwrite=overwrite, settings=settings)
+                                      overwrite=overwrite, settings=settings, on_tiles=on_tiles)
         engine = FusionEngine(self._engine.model, self.device, self.dtype, options)
         yield from engine.run(pairs, out_dir)
 

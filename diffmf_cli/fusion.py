@@ -83,6 +83,7 @@ class PairResult:
     size: tuple[int, int] | None = None
     tiles: int = 0
     reason: str | None = None
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     def to_record(self) -> dict:
         return {
@@ -93,6 +94,7 @@ class PairResult:
             "status": self.status,
             "error": self.error,
             "reason": self.reason,
+            "warnings": [message for _kind, message in self.notes],
             "ms": round(self.ms, 2),
             "height": None if self.size is None else self.size[0],
             "width": None if self.size is None else self.size[1],
@@ -120,6 +122,7 @@ class FuseOptions:
     memory_budget: bytes the network may use per forward pass; None = chosen from free memory.
     readers: reader threads.
     durable: fsync each output before renaming it into place.
+    on_tiles: called as ``on_tiles(done, total)`` while a large image is fused in tiles (progress within it).
     """
 
     ext: str = "png"
@@ -132,6 +135,7 @@ class FuseOptions:
     readers: int = 2
     durable: bool = True
     settings: OutputSettings | None = None
+    on_tiles: Callable[[int, int], None] | None = None
 
     def __post_init__(self):
         if "." + self.ext.lower().lstrip(".") not in IMAGE_EXTENSIONS:
@@ -174,24 +178,38 @@ class _Loaded:
     reason: str | None = None
     ir_sha256: str = ""
     vis_sha256: str = ""
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.ir.shape  # type: ignore[return-value]
 
 
-def load_pair(pair: Pair, keep_colour: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+#: Kinds of `PairResult.notes`: things done to a pair that the user did not ask for in so many words.
+NOTE_DECODER, NOTE_COLOUR_IR, NOTE_8BIT = "damaged input decoded anyway", "colour IR reduced to luminance", \
+    "16-bit written as 8-bit"
+
+
+def load_pair(pair: Pair, keep_colour: bool = True,
+              notes: list[tuple[str, str]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Read a pair -> (ir, y, crcb, depth) as described in `_Loaded` (see `prepare_pair`). InputError on a
-    bad file or a size mismatch (the message gives both sizes)."""
-    return prepare_pair(read_image(pair.ir), read_image(pair.vis), keep_colour, str(pair.ir), str(pair.vis))
+    bad file or a size mismatch (the message gives both sizes). `notes` gets (kind, message) for what the
+    user should hear about (a damaged file decoded anyway, a colour IR image)."""
+    said: list[str] = []
+    ir_raw, vis_raw = read_image(pair.ir, said), read_image(pair.vis, said)
+    if notes is not None:
+        notes.extend((NOTE_DECODER, line) for line in said)
+    return prepare_pair(ir_raw, vis_raw, keep_colour, str(pair.ir), str(pair.vis), notes)
 
 
 def prepare_pair(ir_raw: np.ndarray, vis_raw: np.ndarray, keep_colour: bool = True, ir_name: str = "ir",
-                 vis_name: str = "vis") -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+                 vis_name: str = "vis",
+                 notes: list[tuple[str, str]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """Raw images (see `diffmf_cli.io.images`) -> (ir, y, crcb, depth): IR and visible luminance (H, W) float32
     in [0, 1], the visible chroma (H, W, 2) or None (gray visible, or `keep_colour` off) and the bit depth
-    (16 when either input has 16 bits). Gray, fake-gray (R=G=B) and colour inputs are all accepted;
-    InputError (naming both) when the sizes differ, since nothing is resized."""
+    (16 when either input has 16 bits). Gray, fake-gray (R=G=B) and colour inputs are all accepted (a colour
+    IR image, e.g. a false-colour palette, is reduced to its luminance: noted in `notes`); InputError
+    (naming both) when the sizes differ, since nothing is resized."""
     if ir_raw.shape[:2] != vis_raw.shape[:2]:
         (ih, iw), (vh, vw) = ir_raw.shape[:2], vis_raw.shape[:2]
         raise InputError(
@@ -199,6 +217,9 @@ def prepare_pair(ir_raw: np.ndarray, vis_raw: np.ndarray, keep_colour: bool = Tr
             "a pair must be registered at one size, nothing is resized"
         )
     depth = max(bit_depth(ir_raw), bit_depth(vis_raw))
+    if notes is not None and not is_gray(ir_raw):
+        notes.append((NOTE_COLOUR_IR, f"{ir_name}: a colour infrared image (a false-colour palette?) is fused "
+                      "as its luminance, not as the temperatures the palette stands for"))
     ir = to_float(to_gray(ir_raw))
     if is_gray(vis_raw):
         return ir, to_float(to_gray(vis_raw)), None, depth
@@ -257,7 +278,7 @@ class FusionEngine:
         self.planner = MemoryPlanner(config, self.device, dtype, options.batch_size, options.tile,
                                      options.memory_budget)
         self.forward = TiledForward(self.model, self.device, dtype, options.batch_size, options.tile_overlap,
-                                    self.planner.multiple)
+                                    self.planner.multiple, options.on_tiles)
 
     def max_pixels(self) -> int:
         """Most input pixels one forward pass may hold (batch × H × W), from the memory budget (measured
@@ -419,7 +440,8 @@ class FilePipeline:
     def _load(self, index: int, pair: Pair, out: Path, reason: str | None = None) -> _Loaded | PairResult:
         start = time.perf_counter()
         try:
-            ir, y, crcb, depth = load_pair(pair, keep_colour=not self.options.gray)
+            notes: list[tuple[str, str]] = []
+            ir, y, crcb, depth = load_pair(pair, keep_colour=not self.options.gray, notes=notes)
             digests = (file_sha256(pair.ir), file_sha256(pair.vis)) if self.options.settings else ("", "")
         except OSError as exc:
             return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed",
@@ -431,7 +453,8 @@ class FilePipeline:
         except Exception as exc:  # an unexpected decoder failure must not stop the other pairs
             return PairResult(index, pair.name, pair.ir, pair.vis, out, "failed",
                               f"{pair.ir}: {one_line(exc)}", ms=(time.perf_counter() - start) * 1e3)
-        return _Loaded(index, pair, out, ir, y, crcb, depth, (time.perf_counter() - start) * 1e3, reason, *digests)
+        return _Loaded(index, pair, out, ir, y, crcb, depth, (time.perf_counter() - start) * 1e3, reason, *digests,
+                       notes)
 
     def _compute_largest(self, groups, writes, write_pool) -> int:
         shape = max(groups, key=lambda s: len(groups[s]))
@@ -475,6 +498,10 @@ class FilePipeline:
                                  item.ir_sha256, item.vis_sha256, self._made(tiles), self.options.durable)
                 except OSError as exc:
                     raise InputError(f"{item.out}: cannot write its record ({exc.strerror or exc})") from None
+        notes = list(item.notes)
+        if item.depth == 16 and item.out.suffix.lower() not in SIXTEEN_BIT_EXTENSIONS:
+            notes.append((NOTE_8BIT, f"{item.out}: 16-bit inputs written with 8 bits ({item.out.suffix[1:]} holds "
+                          "no more; --ext png or tif keeps 16)"))
         try:
             write_fused(item.out, fused, item.crcb, item.depth, self.options.durable, before=record)
             status, error = "fused", None
@@ -484,7 +511,7 @@ class FilePipeline:
             status, error = "failed", f"{item.out}: {one_line(exc)}"
         ms += (time.perf_counter() - start) * 1e3
         return PairResult(item.index, pair.name, pair.ir, pair.vis, item.out, status, error, ms, item.shape, tiles,
-                          item.reason if status == "fused" else None)
+                          item.reason if status == "fused" else None, notes)
 
     def _made(self, tiles: int) -> dict:
         engine = self.engine

@@ -138,7 +138,8 @@ def _result(index: int, record: dict) -> PairResult:
     path = lambda key: None if record.get(key) is None else Path(record[key])  # noqa: E731
     size = None if record.get("height") is None else (record["height"], record["width"])
     return PairResult(index, record["name"], path("ir"), path("vis"), path("output"), record["status"],
-                      record.get("error"), float(record.get("ms") or 0.0), size, int(record.get("tiles") or 0))
+                      record.get("error"), float(record.get("ms") or 0.0), size, int(record.get("tiles") or 0),
+                      record.get("reason"), [("warning", m) for m in record.get("warnings") or []])
 
 
 @contextlib.contextmanager

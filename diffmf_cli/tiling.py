@@ -11,6 +11,7 @@ pools globally), so a tiled result is close to, not equal to, the untiled one.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -133,12 +134,15 @@ class TiledForward:
     model: ``forward(ir, vis_y)`` on (B, 1, H, W) tensors; device/dtype: where and in what precision
     (autocast) it runs; batch_size: tiles per pass by default; overlap: pixels neighbouring tiles share
     (at most a quarter tile); multiple: the size the fallback's smaller tiles stay a multiple of.
+    on_tiles: called as ``on_tiles(done, total)`` after each pass over the tiles of a tiled image (progress
+    within one large image); None for no calls.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 overlap: int, multiple: int = 16):
+                 overlap: int, multiple: int = 16, on_tiles: Callable[[int, int], None] | None = None):
         self.model, self.device, self.dtype = model, device, dtype
         self.batch_size, self.overlap, self.multiple = batch_size, overlap, multiple
+        self.on_tiles = on_tiles
 
     def tiles(self, height: int, width: int, tile: int | None) -> int:
         """Tiles one H×W image is cut into with `tile` (0 when it is fused whole)."""
@@ -179,6 +183,8 @@ class TiledForward:
                 wgt = np.outer(_ramp(r, th, h, overlap), _ramp(c, tw, w, overlap))
                 acc[r:r + th, c:c + tw] += piece * wgt
                 weight[r:r + th, c:c + tw] += wgt
+            if self.on_tiles is not None:
+                self.on_tiles(min(i + step, len(boxes)), len(boxes))
         return acc / weight
 
     def with_fallback(self, ir: np.ndarray, y: np.ndarray, tile: int | None,

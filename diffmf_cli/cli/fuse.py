@@ -207,8 +207,19 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
     if out_dir is not None and any(p.out is None for p in pairs):
         folders.add(out_dir)
     prepare_output_folders(folders)
+    shown: dict = {}  # the progress display, once there is one: large images report their tiles to it
+
+    def on_tiles(done: int, total: int) -> None:
+        bar = shown.get("progress")
+        if bar is None:
+            return
+        if "tiles" not in shown:
+            shown["tiles"] = bar.add_task("  tiles of this image", total=total)
+        bar.update(shown["tiles"], completed=done, total=total, visible=done < total)
+
     if scale is None:
-        results = fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite)
+        results = fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite,
+                            on_tiles=on_tiles)
     else:
         from diffmf_cli.ray_engine import FuserSpec, run_ray
 
@@ -236,6 +247,7 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
     try:
         task = progress.add_task("fusing", total=len(pairs)) if progress else None
         if progress:
+            shown["progress"] = progress
             progress.start()
         for result in results:
             add(result)
@@ -248,6 +260,9 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
 
     # ---- render
     summary.results.sort(key=lambda r: (r.index, r.name))
+    if not quiet:
+        for line in _warnings(summary.results):
+            err.print(f"warning: {line}", markup=False)
     for result in summary.results:
         if result.status == "failed":
             err.print(f"failed: {result.error}", markup=False)
@@ -271,6 +286,17 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
                 f"({summary.pairs_per_second:.2f} pairs/s) on {where}")
         (err if jsonl else out).print(line, markup=False)  # with --jsonl, stdout holds records only
     return 1 if summary.failed else 0
+
+
+def _warnings(results) -> list[str]:
+    """One line per kind of silent conversion (a damaged file decoded anyway, a colour IR image reduced to
+    luminance, 16 bits written as 8): the first case, and how many more pairs it happened to."""
+    kinds: dict[str, list[str]] = {}
+    for result in results:
+        for kind, message in result.notes:
+            kinds.setdefault(kind, []).append(message)
+    return [messages[0] + (f" (and {len(messages) - 1} more like it)" if len(messages) > 1 else "")
+            for messages in kinds.values()]
 
 
 def _counted(count: int, word: str, reasons: dict[str, int]) -> str:

@@ -5,12 +5,20 @@ Arrays here are NumPy, channels last, colour in **RGB** order (converted from Op
 * a *raw* image is ``(H, W)`` or ``(H, W, 3)``, dtype uint8 or uint16, as stored in the file (alpha dropped);
 * a *float* image is float32 in [0, 1] (raw / 255 or raw / 65535).
 
-Every problem with a user's file raises `InputError` with one line naming the file. Nothing here prints;
-OpenCV's own codec log is silenced so that a corrupt file does not spill libpng/libjpeg chatter on stderr.
+Every problem with a user's file raises `InputError` with one line naming the file. Nothing here prints.
+OpenCV's own log is silenced, but libpng and libjpeg write their complaints ("libpng error: IDAT: invalid
+distance too far back", "Corrupt JPEG data: ...") straight to the C-level stderr; `read_image` decodes with
+file descriptor 2 pointed at a scratch file and turns what the codec said into the error message (a failed
+decode) or a note for the caller (a decode that recovered), so none of it leaks beside our one-line errors.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import cv2
@@ -26,11 +34,13 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 SIXTEEN_BIT_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
 
 
-def read_image(path: Path | str) -> np.ndarray:
+def read_image(path: Path | str, notes: list[str] | None = None) -> np.ndarray:
     """Decode an image file to a raw array: (H, W) gray or (H, W, 3) RGB, uint8 or uint16.
 
     Gray+alpha and RGBA files lose their alpha channel. Raises InputError for a missing, unreadable,
-    empty, truncated, corrupt or non-image file, or an unsupported pixel type (e.g. float TIFF).
+    empty, truncated, corrupt or non-image file, or an unsupported pixel type (e.g. float TIFF). What the
+    codec complained about in a file it still decoded ("Corrupt JPEG data: premature end of data segment")
+    is appended to `notes` (one line each, naming the file), when given.
     """
     path = Path(path)
     try:
@@ -45,10 +55,62 @@ def read_image(path: Path | str) -> np.ndarray:
         raise InputError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     if data.size == 0:
         raise InputError(f"{path}: file is empty (0 bytes)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with _codec_messages() as said:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image; {data.size} bytes)")
+        why = f"; the decoder said: {said[-1]}" if said else ""
+        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image; {data.size} bytes"
+                         f"{why})")
+    if notes is not None:
+        notes.extend(f"{path}: damaged data, decoded anyway (the decoder said: {line})" for line in said)
     return from_opencv(img, str(path))
+
+
+#: Lines that libpng / libjpeg (through OpenCV) print on the C-level stderr.
+_CODEC_PREFIXES = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid SOS", "Invalid JPEG", "Bogus",
+                   "JPEG", "Not a JPEG", "Unsupported JPEG", "TIFF", "libtiff")
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _codec_messages():
+    """Within the block, file descriptor 2 goes to a scratch file; yields a list that afterwards holds the
+    codec's lines. Anything else written there meanwhile (another thread's output) goes on to the real
+    stderr. One block at a time (the descriptor is process-wide); without a usable fd 2, a no-op."""
+    said: list[str] = []
+    with _STDERR_LOCK:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield said
+            return
+        scratch = tempfile.TemporaryFile()
+        try:
+            os.dup2(scratch.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+            scratch.seek(0)
+            text = scratch.read().decode("utf-8", "replace")
+        finally:
+            os.close(saved)
+            scratch.close()
+    other = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        (said if line.startswith(_CODEC_PREFIXES) else other).append(line)
+    if other:
+        try:
+            sys.stderr.write("\n".join(other) + "\n")
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def from_opencv(img: np.ndarray, name: str = "image") -> np.ndarray:

@@ -334,3 +334,98 @@ def test_records_written_before_images_in_a_real_process(tmp_path, tiny_weights)
     res = fuse(ir, vis, "-o", out, weights=tiny_weights)
     assert "0 fused, 6 skipped" in res.stdout
     assert not [p for p in (out / ".diffmf").iterdir() if p.suffix == ".tmp"]
+
+
+# ------------------------------------------------------------- what the user should hear: warnings, progress
+
+
+def test_silent_conversions_are_warned_about_once_per_kind(tmp_path, tiny_weights):
+    import cv2
+
+    ir, vis = tmp_path / "ir", tmp_path / "vis"
+    write_image(ir / "deep.png", RNG.integers(0, 65536, (12, 16)).astype(np.uint16))
+    write_image(vis / "deep.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+    gray = RNG.integers(0, 256, (12, 16)).astype(np.uint8)
+    for name in ("palette1", "palette2"):  # a false-colour IR image (e.g. a JET palette)
+        cv2.imwrite(str(ir / f"{name}.png"), cv2.applyColorMap(gray, cv2.COLORMAP_JET))
+        write_image(vis / f"{name}.png", gray)
+    res = fuse(ir, vis, "-o", tmp_path / "out", "--ext", "jpg", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, res.stderr
+    assert any("deep.jpg: 16-bit inputs written with 8 bits" in w and "--ext png or tif" in w for w in warnings)
+    assert any("palette1.png: a colour infrared image" in w and "(and 1 more like it)" in w for w in warnings)
+    doc = json.loads(fuse(ir, vis, "-o", tmp_path / "out2", "--ext", "jpg", "--json", weights=tiny_weights).stdout)
+    assert {r["name"]: len(r["warnings"]) for r in doc["pairs"]} == {"deep": 1, "palette1": 1, "palette2": 1}
+    quiet = fuse(ir, vis, "-o", tmp_path / "out3", "--ext", "jpg", "--quiet", weights=tiny_weights)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+    png = fuse(ir, vis, "-o", tmp_path / "out4", weights=tiny_weights)  # 16 bits kept: nothing to say
+    assert "16-bit" not in png.stderr
+
+
+def _damaged_inputs(root: Path) -> tuple[Path, Path]:
+    """A PNG with a broken IDAT stream (libpng errors), a truncated PNG, and a JPEG with a damaged scan that
+    libjpeg decodes anyway (with a warning)."""
+    import cv2
+
+    ir, vis = make_pairs(root, names=("good", "broken", "cut"), size=(64, 80))
+    data = bytearray((ir / "broken.png").read_bytes())
+    data[200:260] = bytes(60)
+    (ir / "broken.png").write_bytes(bytes(data))
+    cut = (ir / "cut.png").read_bytes()
+    (ir / "cut.png").write_bytes(cut[: len(cut) // 2])
+    smooth = cv2.GaussianBlur(RNG.integers(0, 256, (64, 80)).astype(np.uint8), (9, 9), 3)
+    ok, buf = cv2.imencode(".jpg", smooth)
+    jpeg = bytearray(buf.tobytes())
+    jpeg[len(jpeg) // 2: len(jpeg) // 2 + 40] = bytes(40)
+    (ir / "jpeg.jpg").write_bytes(bytes(jpeg))
+    write_image(vis / "jpeg.png", smooth)
+    return ir, vis
+
+
+def test_codec_chatter_never_reaches_stderr_in_a_real_process(tmp_path, tiny_weights):
+    ir, vis = _damaged_inputs(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "diffmf_cli", "fuse", str(ir), str(vis), "-o", str(tmp_path / "out"),
+                           "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert "libpng" not in proc.stderr.replace("decoder said: libpng", "")
+    assert not [line for line in lines if not line.startswith(("failed: ", "warning: "))], proc.stderr
+    failed = sorted(line for line in lines if line.startswith("failed: "))
+    assert len(failed) == 2 and "broken.png" in failed[0] and "cut.png" in failed[1]
+    assert "the decoder said: libpng error" in failed[0]  # what libpng said, inside our one line
+    assert [line for line in lines if line.startswith("warning: ")] == [
+        line for line in lines if "jpeg.jpg: damaged data, decoded anyway" in line]
+    assert "2 fused" in proc.stdout
+
+
+def test_progress_within_one_large_image_on_a_terminal(tmp_path, tiny_weights):
+    """A large image fused in tiles shows how far it is (the issue: a 4000x6000 pair sat at 0/1 for minutes)."""
+    import pty
+
+    ir, vis = make_pairs(tmp_path, names=("big",), size=(200, 260))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "diffmf_cli", "fuse", str(ir), str(vis), "-o",
+                             str(tmp_path / "out"), "--tile", "64", "--weights", str(tiny_weights)],
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "COLUMNS": "100"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=300) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert "tiles of this image" in screen
+    from diffmf_cli.tiling import tile_boxes
+
+    total = len(tile_boxes(200, 260, 64, 64))  # the engine's own count (the overlap is capped at a quarter tile)
+    import re
+
+    assert re.search(rf"\b\d+/{total}\b", screen), screen
+    assert "1 fused" in proc.stdout.read().decode()
