@@ -187,9 +187,9 @@ def train_command(
 def _limit_numba_pool(threads: int) -> None:
     """Size numba's thread pool to --threads before numba is imported.
 
-    The scan kernel sets numba's thread count from torch's, but a bigger pool still costs: with torch at
-    1 thread and numba's default pool of 2, a training step of the cpu preset took ~18 s against ~4 s
-    with a pool of 1 on this loaded 2-core machine, and its float sums varied by ~1e-7 between calls.
+    The scan kernel sets numba's thread count from torch's, but numba starts a pool of one thread per core
+    at import, and a pool larger than the threads in use competes with torch's threads for the cores (a
+    several-fold slower training step on a busy machine) and varies the order of float sums between calls.
     """
     if "numba" not in sys.modules and "NUMBA_NUM_THREADS" not in os.environ:
         os.environ["NUMBA_NUM_THREADS"] = str(int(threads))

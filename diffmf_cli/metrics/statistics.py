@@ -130,12 +130,6 @@ def _correlation(cov: float, var_x: float, var_y: float, scale: float) -> float:
     return cov / math.sqrt(var_x * var_y)
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of two arrays; NaN when either is constant (0/0)."""
-    m = Moments.of(x, y, y)
-    return _correlation(m.centred("a", "f"), m.centred("a", "a"), m.centred("f", "f"), m.aa + m.ff)
-
-
 def correlation_coefficient(F: np.ndarray, A: np.ndarray, B: np.ndarray, moments: Moments | None = None) -> float:
     """CC: mean of r(F,A) and r(F,B)."""
     m = moments or Moments.of(F, A, B)

@@ -29,13 +29,6 @@ def _box_stats(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, box_valid(x * x, size) - mu * mu
 
 
-def ssim_pair(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
-    """scikit-image's ``structural_similarity(x, y, data_range=...)`` with its defaults: 7x7 uniform window,
-    sample covariance (N/(N-1)), K1 = 0.01, K2 = 0.03, mean over the map with a 3-pixel border cropped."""
-    count = (x.shape[0] - SSIM_WIN + 1) * (x.shape[1] - SSIM_WIN + 1)
-    return _ssim_map_sums(x, *_box_stats(x, SSIM_WIN), [y], data_range)[0] / count
-
-
 def ssim_fused(F: np.ndarray, A: np.ndarray, B: np.ndarray, data_range: float = 2.0, total: bool = True) -> float:
     """SSIM(F,A) + SSIM(F,B) (`total`) or their mean; NaN when a side is under 7 px."""
     if min(F.shape) < SSIM_WIN:

@@ -10,7 +10,7 @@ PRESETS: dict[str, DiffMFConfig] = {
     # For tests: a 64×64 forward in a few tens of milliseconds.
     "tiny": DiffMFConfig(dim=8, stem_channels=4, stem_downsample=2, d_state=4, expand=1.0,
                          sem_levels=2, decoder_channels=8),
-    # Trained and shipped: every scan on the 1/4 grid, sized for a 2-core CPU (480×640 in well under 2 s).
+    # Trained and shipped: every scan on the 1/4 grid, sized for small CPUs.
     "cpu": DiffMFConfig(dim=24, stem_channels=8, stem_downsample=2, d_state=16, expand=1.0,
                         sem_levels=3, decoder_channels=16),
     # For GPUs: wider, deeper, scans on the 1/2 grid.

@@ -11,7 +11,8 @@ chunk's states from its checkpoint into a (CHUNK, N) scratch array, then runs th
 
     g_h(t) = g_y(t) · C(t) + exp(Δ_{t+1} A) · g_h(t+1),        g_h(L-1) starts from the last-state gradient.
 
-Float32 inputs compute in float32 with a vectorisable `exp` (Cephes-style polynomial; the machine has no SVML);
+Float32 inputs compute in float32 with a vectorisable `exp` (Cephes-style polynomial: numba's
+`math.exp` vectorises only with Intel's SVML installed);
 float64 inputs compute in float64 with `math.exp`, which is what gradcheck uses.
 """
 

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError
+from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
 from diffmf_cli.provenance import code_version
 from diffmf_cli.training.data import CropSampler, SourceSpec, hold_out, load_sources, luminance
@@ -277,12 +277,15 @@ VAL_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[str, float]:
-    """Mean fusion loss (and, when ``diffmf_cli.metrics`` offers ``compute_metrics``, metrics) on ``pairs``."""
+    """Mean fusion loss (and, when ``diffmf_cli.metrics`` offers ``compute_metrics``, metrics) on ``pairs``.
+
+    A pair whose scoring raises is left out of the metric means and counted: ``val_metric_failures`` and the
+    first ``val_metric_error`` ("NAME: message") appear then, so a broken evaluator cannot pass unnoticed."""
     was_training = model.training
     model.eval()
     compute, names, _ = _metric_functions()
-    losses, sums, counts = [], {}, {}
-    for _, ir, vis in pairs:
+    losses, sums, counts, failures = [], {}, {}, []
+    for name, ir, vis in pairs:
         fused = model(ir, vis).clamp(0, 1)
         if min(ir.shape[-2:]) >= 11:
             total, _ = fusion_loss(fused, ir, vis, loss_weights)
@@ -293,8 +296,9 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
             try:
                 values, _ = compute(f255, ir[0, 0].double().numpy() * 255, vis[0, 0].double().numpy() * 255,
                                     names=names)
-            except Exception:  # a metric failing must not stop a training run
+            except Exception as exc:  # a metric failing must not stop a training run; the log says so
                 values = {}
+                failures.append(f"{name}: {one_line(exc)}")
             for k, v in values.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -302,6 +306,9 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
     model.train(was_training)
     out = {"val_loss": float(np.mean(losses))} if losses else {}
     out.update({f"val_{k}": sums[k] / counts[k] for k in sums})
+    if failures:
+        out["val_metric_failures"] = len(failures)
+        out["val_metric_error"] = failures[0]
     return out
 
 

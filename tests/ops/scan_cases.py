@@ -1,4 +1,4 @@
-"""Shared by the scan tests: random inputs over the issue's ranges, an error norm, and the comparison of a
+"""Shared by the scan tests: random inputs over the ranges the scan must survive, an error norm, and the comparison of a
 fast path with the float64 reference (outputs, last states and every gradient)."""
 
 from __future__ import annotations

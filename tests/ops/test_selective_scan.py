@@ -27,7 +27,7 @@ from diffmf_cli.ops import (
 
 
 def _grid():
-    """Every (D, N, L) of the issue's grid once; batch, grouping and the four options are drawn with a fixed
+    """Every (D, N, L) of the grid the scan must handle once; batch, grouping and the four options are drawn with a fixed
     seed chosen so that each of them takes both values at every D, every N and every L, and every pair of
     them meets in all four combinations (a covering design instead of the 768-case full product)."""
     rng = random.Random(160)

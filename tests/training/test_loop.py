@@ -13,6 +13,7 @@ import torch
 from diffmf_cli.errors import CheckpointError, UsageError
 from diffmf_cli.training.data import SourceSpec
 from diffmf_cli.training.loop import (
+    VAL_METRICS,
     RunFiles,
     TrainSettings,
     ema_update,
@@ -171,6 +172,29 @@ def test_validation_rows_are_logged(tmp_path, source):
     rows = [json.loads(l) for l in RunFiles(tmp_path / "run").log.read_text().splitlines()]
     val = [r for r in rows if r["kind"] == "val"]
     assert len(val) == 1 and val[0]["step"] == 2 and math.isfinite(val[0]["val_loss"])
+    # the metrics were scored (a failing evaluator would leave them out and be counted); VIF is NaN by design
+    # on 32-pixel crops (its coarsest scale is empty), so it is the one left out
+    assert "val_metric_failures" not in val[0], val[0].get("val_metric_error")
+    for name in VAL_METRICS:
+        if name != "VIF":
+            assert math.isfinite(val[0][f"val_{name}"]), name
+
+
+def test_validation_counts_pairs_whose_scoring_fails(source, monkeypatch):
+    from diffmf_cli import metrics
+    from diffmf_cli.models import create_model
+    from diffmf_cli.training.loop import load_validation, validate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluator broke\nsecond line")
+
+    monkeypatch.setattr(metrics, "compute_metrics", broken)
+    settings = _settings(source, steps=1, val_sources=[source], val_crop=32)
+    pairs = load_validation(settings)
+    out = validate(create_model("tiny"), pairs, settings.loss_weights())
+    assert out["val_metric_failures"] == len(pairs) > 0
+    assert out["val_metric_error"].endswith(": evaluator broke") and math.isfinite(out["val_loss"])
+    assert not any(k[4:] in VAL_METRICS for k in out)
 
 
 def test_learning_rate_schedule():
