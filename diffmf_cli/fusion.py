@@ -518,6 +518,13 @@ class FilePipeline:
         return {"device": str(engine.device), "batch_size": self.options.batch_size, "tiles": tiles}
 
 
+def _done(result: PairResult) -> Future:
+    """An already finished future holding `result` (a failure queued among the pending writes, in order)."""
+    fut: Future = Future()
+    fut.set_result(result)
+    return fut
+
+
 @dataclass
 class Summary:
     """Totals of a run, for the CLI to render."""

@@ -298,3 +298,21 @@ def test_disk_full_on_one_output_loses_nothing_else(tmp_path, monkeypatch):
     assert "No space left on device" in bad.error and str(bad.output) in bad.error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{r.name}.png" for r in results if r.status == "fused")
+
+
+class Broken(nn.Module):
+    """A network that fails (not for lack of memory) on one image size."""
+
+    def forward(self, ir, y):
+        if ir.shape[-1] == 9:
+            raise RuntimeError("shape mismatch in a layer\ndetails")
+        return (ir + y) / 2
+
+
+def test_a_failing_network_fails_its_pairs_only(tmp_path):
+    good = make_pair(tmp_path, "good", smooth(8, 8), smooth(8, 8, 3))
+    bad = make_pair(tmp_path, "bad", smooth(8, 9), smooth(8, 9, 3))
+    results = {r.name: r for r in run(FusionEngine(Broken()), [good, bad], tmp_path / "out")}
+    assert results["good"].status == "fused"
+    assert results["bad"].status == "failed" and "the network failed (shape mismatch in a layer)" in results["bad"].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == ["good.png"]
