@@ -95,20 +95,20 @@ def _folder_sources(irs: list[Path], viss: list[Path], what: str) -> list[dict]:
 
 @app.command("train")
 def train_command(
-    ir: List[Path] = typer.Option([], "--ir", help="Folder of training IR (or MRI) images; repeatable, paired "
+    ir: List[Path] = typer.Option([], "--ir", metavar="DIR", help="Folder of training IR (or MRI) images; repeatable, paired "
                                   "in order with --vis.", show_default=False),
-    vis: List[Path] = typer.Option([], "--vis", help="Folder of training visible (or CT/PET/SPECT) images.",
+    vis: List[Path] = typer.Option([], "--vis", metavar="DIR", help="Folder of training visible (or CT/PET/SPECT) images.",
                                    show_default=False),
-    pairs: List[Path] = typer.Option([], "--pairs", help="CSV pair list (rows ir,vis), one more source; "
+    pairs: List[Path] = typer.Option([], "--pairs", metavar="LIST.csv", help="CSV pair list (rows ir,vis), one more source; "
                                      "repeatable.", show_default=False),
-    source_weight: List[float] = typer.Option([], "--source-weight", help="Sampling weight of each source, in "
+    source_weight: List[float] = typer.Option([], "--source-weight", metavar="W", help="Sampling weight of each source, in "
                                               "order (--ir/--vis sources, then --pairs) (default sqrt of "
                                               "pixel count).", show_default=False),
     task: Optional[str] = typer.Option(None, "--task", help="ir-vis (default) or medical: picks the loss "
                                        "and the default crop."),
     medical: bool = typer.Option(False, "--medical", help="Same as --task medical."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny, cpu (default), gpu."),
-    model_option: List[str] = typer.Option([], "--model-option", help="KEY=VALUE override of the preset's "
+    model_option: List[str] = typer.Option([], "--model-option", metavar="KEY=VALUE", help="KEY=VALUE override of the preset's "
                                            "config (e.g. use_guidance=false); repeatable.", show_default=False),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoint, logs, plot, weights)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps in all (default 10000)."),
@@ -125,9 +125,9 @@ def train_command(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between "
                                                    "checkpoints (default 200)."),
     log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per log line (default 10)."),
-    val_ir: List[Path] = typer.Option([], "--val-ir", help="Validation IR folder (repeatable, with --val-vis).",
+    val_ir: List[Path] = typer.Option([], "--val-ir", metavar="DIR", help="Validation IR folder (repeatable, with --val-vis).",
                                       show_default=False),
-    val_vis: List[Path] = typer.Option([], "--val-vis", help="Validation visible folder.", show_default=False),
+    val_vis: List[Path] = typer.Option([], "--val-vis", metavar="DIR", help="Validation visible folder.", show_default=False),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Steps between validations "
                                             "(default 500)."),
     val_holdout: Optional[int] = typer.Option(None, "--val-holdout", help="Hold N training pairs out (chosen "
