@@ -70,6 +70,13 @@ def read_image(path: Path | str, notes: list[str] | None = None) -> np.ndarray:
 _CODEC_PREFIXES = ("libpng", "Corrupt JPEG", "Premature end of JPEG", "Invalid SOS", "Invalid JPEG", "Bogus",
                    "JPEG", "Not a JPEG", "Unsupported JPEG", "TIFF", "libtiff")
 _STDERR_LOCK = threading.Lock()
+_SCRATCH: list = []  # one scratch file per process, reused under the lock
+
+
+def _scratch():
+    if not _SCRATCH or _SCRATCH[0].closed:
+        _SCRATCH[:] = [tempfile.TemporaryFile()]
+    return _SCRATCH[0]
 
 
 @contextlib.contextmanager
@@ -88,8 +95,8 @@ def _codec_messages():
         except OSError:
             yield said
             return
-        scratch = tempfile.TemporaryFile()
         try:
+            scratch = _scratch()
             os.dup2(scratch.fileno(), 2)
             try:
                 yield said
@@ -97,9 +104,10 @@ def _codec_messages():
                 os.dup2(saved, 2)
             scratch.seek(0)
             text = scratch.read().decode("utf-8", "replace")
+            scratch.seek(0)
+            scratch.truncate()
         finally:
             os.close(saved)
-            scratch.close()
     other = []
     for line in text.splitlines():
         line = line.strip()
