@@ -12,6 +12,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -20,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmf_cli.cli.app import app
-from diffmf_cli.errors import DiffMFError, UsageError
+from diffmf_cli.cli.common import consoles, run_command
+from diffmf_cli.errors import UsageError
 
 FORMATS = ("table", "json", "csv")
 
@@ -68,24 +70,56 @@ def benchmark_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
 ) -> None:
     """Measure pairs/s, megapixels/s, latency and peak memory of the network on synthetic pairs."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        text = _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time,
-                    preset, weights, compare_scan, input_dirs, limit, sweep, plot, peak_tflops, fmt, output, quiet)
-    except DiffMFError as exc:
-        err.print(f"diffmf benchmark: error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        _write_text(output, text)
-        if not quiet:
-            err.print(f"wrote {output}", markup=False)
+    err, _out = consoles()
+
+    def body() -> int:
+        text = _run(err, BenchmarkRequest(sizes, batch_sizes, device, precision, threads, scan, tile, warmup,
+                                          iters, min_time, preset, weights, compare_scan, input_dirs, limit,
+                                          sweep, plot, peak_tflops, fmt, output, quiet))
+        if output is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            _write_text(output, text)
+            if not quiet:
+                err.print(f"wrote {output}", markup=False)
+        return 0
+
+    run_command("benchmark", err, body)
 
 
-def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup, iters, min_time, preset,
-         weights, compare_scan, input_dirs, limit, sweep, plot, peak_tflops, fmt, output, quiet) -> str:
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    """What `diffmf benchmark` was asked, as given on the command line (checked by `_run`)."""
+
+    sizes: str | None
+    batch_sizes: str | None
+    device: str
+    precision: str
+    threads: int | None
+    scan: str | None
+    tile: int | None
+    warmup: int
+    iters: int | None
+    min_time: float
+    preset: str | None
+    weights: str | None
+    compare_scan: bool
+    input_dirs: tuple | None
+    limit: int | None
+    sweep: bool
+    plot: Path
+    peak_tflops: float | None
+    fmt: str
+    output: Path | None
+    quiet: bool
+
+
+def _run(err, req: BenchmarkRequest) -> str:
+    iters = req.iters
+    input_dirs = req.input_dirs
+    limit = req.limit
+    fmt = req.fmt
     import torch
 
     from diffmf_cli import benchmark as bm
@@ -96,83 +130,83 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
         raise UsageError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if input_dirs is not None and all(p is None for p in input_dirs):
         input_dirs = None
-    modes = [name for name, on in (("--compare-scan", compare_scan), ("--input", input_dirs is not None),
-                                   ("--sweep", sweep)) if on]
+    modes = [name for name, on in (("--compare-scan", req.compare_scan), ("--input", input_dirs is not None),
+                                   ("--sweep", req.sweep)) if on]
     if len(modes) > 1:
         raise UsageError(f"give one of {', '.join(modes)} at a time")
-    if warmup < 0:
-        raise UsageError(f"--warmup {warmup}: must be 0 or more")
+    if req.warmup < 0:
+        raise UsageError(f"--warmup {req.warmup}: must be 0 or more")
     if iters is not None and iters < 1:
         raise UsageError(f"--iters {iters}: must be at least 1")
-    if tile is not None and tile < 16:
-        raise UsageError(f"--tile {tile}: tiles must be at least 16 pixels")
+    if req.tile is not None and req.tile < 16:
+        raise UsageError(f"--tile {req.tile}: tiles must be at least 16 pixels")
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1")
-    if peak_tflops is not None and peak_tflops <= 0:
-        raise UsageError(f"--peak-tflops {peak_tflops}: must be positive")
-    if compare_scan and scan is not None:
+    if req.peak_tflops is not None and req.peak_tflops <= 0:
+        raise UsageError(f"--peak-tflops {req.peak_tflops}: must be positive")
+    if req.compare_scan and req.scan is not None:
         raise UsageError("--compare-scan runs every scan path; do not also give --scan")
 
-    torch_device = resolve_device(device)
-    dtypes = [resolve_precision(p, torch_device) for p in precision.split(",") if p.strip()]
+    torch_device = resolve_device(req.device)
+    dtypes = [resolve_precision(p, torch_device) for p in req.precision.split(",") if p.strip()]
     if not dtypes:
-        raise UsageError(f"--precision {precision!r}: no precision given")
+        raise UsageError(f"--precision {req.precision!r}: no precision given")
     default_batches = [1] if torch_device.type == "cpu" else [1, 4, 16]
-    batches = bm.parse_counts(batch_sizes, "--batch-sizes") if batch_sizes else default_batches
+    batches = bm.parse_counts(req.batch_sizes, "--batch-sizes") if req.batch_sizes else default_batches
     if modes and len(dtypes) > 1:
-        raise UsageError(f"{modes[0]} takes one --precision, got {precision}")
-    if modes and batch_sizes and len(batches) > 1:
-        raise UsageError(f"{modes[0]} takes one --batch-sizes value, got {batch_sizes}")
-    if sweep:
-        chosen = bm.parse_sizes(sizes) if sizes else list(bm.SWEEP_SIZES)
+        raise UsageError(f"{modes[0]} takes one --precision, got {req.precision}")
+    if modes and req.batch_sizes and len(batches) > 1:
+        raise UsageError(f"{modes[0]} takes one --batch-sizes value, got {req.batch_sizes}")
+    if req.sweep:
+        chosen = bm.parse_sizes(req.sizes) if req.sizes else list(bm.SWEEP_SIZES)
         if len(set(h * w for h, w in chosen)) < 2:
             raise UsageError("--sweep needs at least two different sizes")
-    elif compare_scan:
-        chosen = bm.parse_sizes(sizes) if sizes else list(bm.COMPARE_SIZES)
+    elif req.compare_scan:
+        chosen = bm.parse_sizes(req.sizes) if req.sizes else list(bm.COMPARE_SIZES)
     else:
-        chosen = bm.parse_sizes(sizes) if sizes else list(bm.DEFAULT_SIZES)
-    bm.check_scan(scan, torch_device)
-    bm.set_threads(threads)
-    progress = (lambda msg: None) if quiet else (lambda msg: err.print(msg, markup=False))
+        chosen = bm.parse_sizes(req.sizes) if req.sizes else list(bm.DEFAULT_SIZES)
+    bm.check_scan(req.scan, torch_device)
+    bm.set_threads(req.threads)
+    progress = (lambda msg: None) if req.quiet else (lambda msg: err.print(msg, markup=False))
 
     progress("loading the model and counting its compute")
-    bench = bm.load_model(torch_device, preset=preset, weights=weights)
+    bench = bm.load_model(torch_device, preset=req.preset, weights=req.weights)
     result: dict = {
         "machine": bm.machine_facts(torch_device),
         "model": {"source": bench.source, "weights": bench.weights, "preset": bench.preset,
                   "config": bench.config.to_dict(), **bench.cost},
-        "settings": {"warmup": warmup, "iters": iters, "min_time_s": min_time, "scan": scan, "tile": tile,
-                     "threads": torch.get_num_threads(),
+        "settings": {"warmup": req.warmup, "iters": iters, "min_time_s": req.min_time, "scan": req.scan,
+                     "tile": req.tile, "threads": torch.get_num_threads(),
                      "scan_env": os.environ.get("DIFFMF_SCAN") or None},
         "rows": [], "compare": None, "sweep": None, "pipeline": None,
     }
 
     with torch.inference_mode():
-        if compare_scan:
-            result["compare"] = bm.compare_scan_paths(bench, chosen, torch_device, dtypes[0], warmup=warmup,
-                                                      iters=iters, min_seconds=min_time, progress=progress)
+        if req.compare_scan:
+            result["compare"] = bm.compare_scan_paths(bench, chosen, torch_device, dtypes[0], warmup=req.warmup,
+                                                      iters=iters, min_seconds=req.min_time, progress=progress)
         elif input_dirs is not None:
             result["pipeline"] = bm.time_pipeline(bench, input_dirs[0], input_dirs[1], torch_device, dtypes[0],
-                                                  batch_size=batches[0] if batch_sizes else None, tile=tile,
+                                                  batch_size=batches[0] if req.batch_sizes else None, tile=req.tile,
                                                   limit=limit, progress=progress)
-        elif sweep:
-            swept = bm.run_sweep(bench, chosen, torch_device, dtypes[0], batch=batches[0], warmup=warmup,
-                                 iters=iters, min_seconds=min_time, scan=scan, progress=progress)
+        elif req.sweep:
+            swept = bm.run_sweep(bench, chosen, torch_device, dtypes[0], batch=batches[0], warmup=req.warmup,
+                                 iters=iters, min_seconds=req.min_time, scan=req.scan, progress=progress)
             result["rows"] = swept["rows"]
             title = f"{bench.preset or 'model'} on {result['machine']['gpu_name'] or result['machine']['cpu_model']}"
-            swept["plot"] = str(bm.plot_sweep(swept, plot, title))
+            swept["plot"] = str(bm.plot_sweep(swept, req.plot, title))
             result["sweep"] = {k: v for k, v in swept.items() if k != "rows"}
         else:
-            result["rows"] = bm.run_table(bench, chosen, batches, torch_device, dtypes, warmup=warmup,
-                                          iters=iters, min_seconds=min_time, tile=tile, scan=scan,
+            result["rows"] = bm.run_table(bench, chosen, batches, torch_device, dtypes, warmup=req.warmup,
+                                          iters=iters, min_seconds=req.min_time, tile=req.tile, scan=req.scan,
                                           progress=progress)
-    result["settings"]["peak_tflops"] = peak_tflops
+    result["settings"]["peak_tflops"] = req.peak_tflops
     for row in result["rows"]:
         # dense-layer FLOPs (2 per multiply-add) achieved, against the peak the user gave
         achieved = row["achieved_gmacs_per_s"]
         row["achieved_tflops"] = None if achieved is None else 2 * achieved / 1e3
-        row["fraction_of_peak"] = (row["achieved_tflops"] / peak_tflops
-                                   if peak_tflops and row["achieved_tflops"] is not None else None)
+        row["fraction_of_peak"] = (row["achieved_tflops"] / req.peak_tflops
+                                   if req.peak_tflops and row["achieved_tflops"] is not None else None)
     try:
         result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -187,7 +221,7 @@ def _run(err, sizes, batch_sizes, device, precision, threads, scan, tile, warmup
         writer.writeheader()
         writer.writerows(rows)
         return buffer.getvalue()
-    return _render_table(result, to_terminal=output is None and sys.stdout.isatty())
+    return _render_table(result, to_terminal=req.output is None and sys.stdout.isatty())
 
 
 # ------------------------------------------------------------------------------------------ rendering

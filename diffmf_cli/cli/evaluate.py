@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +22,8 @@ from typer.core import TyperCommand
 from rich.table import Table
 
 from diffmf_cli.cli.app import app
-from diffmf_cli.errors import DiffMFError, InputError, UsageError
+from diffmf_cli.cli.common import consoles, progress_bar, run_command
+from diffmf_cli.errors import InputError, UsageError
 
 FORMATS = ("table", "csv", "json")
 MAX_WARNINGS = 8
@@ -68,54 +70,68 @@ def evaluate_command(
                                  "instead of folders) into one, equal to scoring all their images at once."),
 ) -> None:
     """Score fused images: EN SD SF AG MI SCD VIF Qabf SSIM CC MSE PSNR Nabf MS-SSIM, per image and summarised."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
-    try:
+    err, out = consoles()
+
+    def body() -> int:
         if combine:
-            code = _combine(out, folders, fmt, output, per_image, bool(fused or metrics or report))
-        else:
-            code = _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs,
-                        recursive, quiet)
-    except DiffMFError as exc:
-        err.print(f"diffmf evaluate: error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    raise typer.Exit(code)
+            return _combine(out, folders, fmt, output, per_image, bool(fused or metrics or report))
+        return _run(err, out, EvaluateRequest(folders, fused, metrics, convention, fmt, output, report, per_image,
+                                              jobs, recursive, quiet))
+
+    run_command("evaluate", err, body)
 
 
-def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per_image, jobs, recursive,
-         quiet) -> int:
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """What `diffmf evaluate` was asked, as given on the command line (checked by `_run`)."""
+
+    folders: list
+    fused: list
+    metrics: str | None
+    convention: str
+    fmt: str
+    output: Path | None
+    report: Path | None
+    per_image: bool
+    jobs: int
+    recursive: bool
+    quiet: bool
+
+
+def _run(err, out, req: EvaluateRequest) -> int:
+    fmt = req.fmt
     from diffmf_cli.metrics import parse_convention, parse_metric_names
     from diffmf_cli.metrics.evaluation import build_document, parse_method, plan_evaluation, score_tasks
 
     fmt = fmt.strip().lower()
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    if jobs < 1:
-        raise UsageError(f"--jobs {jobs}: expected 1 or more")
-    names = parse_metric_names(metrics)
-    conv = parse_convention(convention)
-    methods = [parse_method(text) for text in fused]
-    if len(folders) == 3:
-        methods.insert(0, (_folder_name(folders[0]), folders[0]))
-    elif len(folders) != 2:
-        raise UsageError(f"expected [FUSED_DIR] IR_DIR VIS_DIR, got {len(folders)} folder(s)")
+    if req.jobs < 1:
+        raise UsageError(f"--jobs {req.jobs}: expected 1 or more")
+    names = parse_metric_names(req.metrics)
+    conv = parse_convention(req.convention)
+    methods = [parse_method(text) for text in req.fused]
+    if len(req.folders) == 3:
+        methods.insert(0, (_folder_name(req.folders[0]), req.folders[0]))
+    elif len(req.folders) != 2:
+        raise UsageError(f"expected [FUSED_DIR] IR_DIR VIS_DIR, got {len(req.folders)} folder(s)")
     if not methods:
         raise UsageError("no fused images: give FUSED_DIR IR_DIR VIS_DIR, or IR_DIR VIS_DIR with --fused NAME=DIR")
     for _, folder in methods:
         if not folder.is_dir():
             raise UsageError(f"{folder}: fused-image folder does not exist" if not folder.exists()
                              else f"{folder}: is not a folder")
-    ir_dir, vis_dir = folders[-2], folders[-1]
-    plan = plan_evaluation(methods, ir_dir, vis_dir, recursive)
+    ir_dir, vis_dir = req.folders[-2], req.folders[-1]
+    plan = plan_evaluation(methods, ir_dir, vis_dir, req.recursive)
     for line in plan.errors:
         err.print(f"diffmf evaluate: error: {line}", markup=False)
-    if plan.skipped_sources and not quiet:
+    if plan.skipped_sources and not req.quiet:
         err.print(f"note: {plan.skipped_sources} source pair(s) have no fused image and are not scored",
                   markup=False)
     if not plan.tasks and not plan.errors:
         raise UsageError(f"nothing to evaluate: no fused image has a source pair in {ir_dir} and {vis_dir}")
 
-    progress = _progress(err, len(plan.tasks)) if (not quiet and err.is_terminal and plan.tasks) else None
+    progress = progress_bar(err) if (not req.quiet and err.is_terminal and plan.tasks) else None
     failures: list[str] = []
 
     def done(result) -> None:
@@ -132,13 +148,13 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
         bar = progress.add_task("scoring", total=len(plan.tasks))
         progress.start()
     try:
-        results = score_tasks(plan.tasks, names, conv, jobs=jobs, on_done=done)
+        results = score_tasks(plan.tasks, names, conv, jobs=req.jobs, on_done=done)
     finally:
         if progress:
             progress.stop()
 
     warnings = [w for r in results for w in r.warnings]
-    if warnings and not quiet:
+    if warnings and not req.quiet:
         for line in warnings[:MAX_WARNINGS]:
             err.print(f"diffmf evaluate: warning: {line} -> NaN", markup=False)
         if len(warnings) > MAX_WARNINGS:
@@ -146,23 +162,23 @@ def _run(err, out, folders, fused, metrics, convention, fmt, output, report, per
     notes = []
     if any(r.sixteen_bit for r in results):
         notes.append("16-bit inputs were scaled to 0..255 (and rounded) before scoring")
-    if fmt == "csv" and not quiet:
+    if fmt == "csv" and not req.quiet:
         for note in notes:  # the table and JSON carry their notes; CSV has no place for them
             err.print(f"note: {note}", markup=False)
     doc = build_document(plan.methods, results, names, conv, notes)
-    text = render(doc, names, fmt, per_image)
-    if output is not None:
-        _write_text(output, text)
+    text = render(doc, names, fmt, req.per_image)
+    if req.output is not None:
+        _write_text(req.output, text)
     else:
         if fmt == "table":
-            _print_table(out, doc, names, per_image)
+            _print_table(out, doc, names, req.per_image)
         else:
             typer.echo(text, nl=False)  # verbatim: no Rich markup, emoji codes or wrapping in data
-    if report is not None:
+    if req.report is not None:
         from diffmf_cli.metrics.report import write_report
 
-        written = write_report(report, plan, results, doc, names)
-        if not quiet:
+        written = write_report(req.report, plan, results, doc, names)
+        if not req.quiet:
             err.print(f"report: {written}", markup=False)
     return 1 if (plan.errors or failures) else 0
 
@@ -191,12 +207,6 @@ def _folder_name(path: Path) -> str:
     return path.resolve().name or str(path)
 
 
-def _progress(console: Console, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)
-
 
 def _write_text(path: Path, text: str) -> None:
     from diffmf_cli.io.files import atomic_write_text
@@ -208,14 +218,6 @@ def _write_text(path: Path, text: str) -> None:
 
 
 # --- rendering ------------------------------------------------------------------------------------------
-
-
-def _fmt(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.3e}" if 0 < abs(value) < 0.01 else f"{value:.4f}"
 
 
 def _json_safe(obj):
@@ -265,7 +267,7 @@ def _fmt_csv(value) -> str:
 
 def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
     from diffmf_cli.metrics import METRICS
-    from diffmf_cli.metrics.evaluation import best_methods, method_blocks
+    from diffmf_cli.metrics.evaluation import best_methods, format_value, method_blocks
 
     blocks = method_blocks(doc)
     best = best_methods(doc, names)
@@ -282,7 +284,7 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
         cells = []
         for method, block in blocks.items():
             s = block["summary"][metric]
-            text = f"{_fmt(s['mean'])} ± {_fmt(s['std'])}"
+            text = f"{format_value(s['mean'])} ± {format_value(s['std'])}"
             if s["excluded"]:
                 text += f" ({s['excluded']} nan)"
                 excluded_any = True
@@ -302,7 +304,7 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
             for metric in names:
                 t.add_column(f"{metric} {METRICS[metric].arrow}", justify="right")
             for image, values in block["per_image"].items():
-                t.add_row(_escape(image), *(_fmt(values[m]) for m in names))
+                t.add_row(_escape(image), *(format_value(values[m]) for m in names))
             console.print(t)
 
 

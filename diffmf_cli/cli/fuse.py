@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from diffmf_cli.cli.app import app
-from diffmf_cli.errors import DiffMFError, InputError, UsageError
+from diffmf_cli.cli.common import consoles, progress_bar, run_command
+from diffmf_cli.errors import InputError, UsageError
 
 
 @app.command("fuse")
@@ -73,19 +74,41 @@ def fuse_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary; failures still listed."),
 ) -> None:
     """Fuse every registered pair: IR_DIR VIS_DIR -o OUT_DIR, or IR_FILE VIS_FILE -o FUSED_FILE, or --pairs."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out = Console(highlight=False, soft_wrap=True)
-    try:
+    err, out = consoles()
+
+    def body() -> int:
         scale = _engine_choice(engine, workers, cpus_per_worker, gpus_per_worker)
-        code = _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device,
-                    batch_size, precision, tile, shard, model, weights, as_json, quiet, jsonl, scale)
-    except DiffMFError as exc:
-        err.print(f"diffmf fuse: error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("diffmf fuse: interrupted; finished outputs are kept, run again to resume", markup=False)
-        raise typer.Exit(130) from None
-    raise typer.Exit(code)
+        return _run(err, out, FuseRequest(ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite,
+                                          device, batch_size, precision, tile, shard, model, weights, as_json,
+                                          quiet, jsonl, scale))
+
+    run_command("fuse", err, body, interrupted="finished outputs are kept, run again to resume")
+
+
+@dataclass(frozen=True)
+class FuseRequest:
+    """What `diffmf fuse` was asked, as given on the command line (checked by `_run`)."""
+
+    ir: Path | None
+    vis: Path | None
+    output: Path | None
+    pairs_csv: Path | None
+    recursive: bool
+    strict: bool
+    gray: bool
+    ext: str
+    overwrite: bool
+    device: str
+    batch_size: int | None
+    precision: str
+    tile: str
+    shard: str | None
+    model: str | None
+    weights: Path | None
+    as_json: bool
+    quiet: bool
+    jsonl: bool = False
+    scale: object = None  # the Ray actor pool's settings (`--engine ray`), None for the local engine
 
 
 def _engine_choice(engine: str, workers: int, cpus_per_worker: float, gpus_per_worker: float):
@@ -104,8 +127,7 @@ def _engine_choice(engine: str, workers: int, cpus_per_worker: float, gpus_per_w
     return settings
 
 
-def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, overwrite, device, batch_size,
-         precision, tile, shard, model, weights, as_json, quiet, jsonl=False, scale=None) -> int:
+def _run(err, out, req: FuseRequest) -> int:
     from diffmf_cli.api import Fuser
     from diffmf_cli.fusion import FuseOptions, PairResult, Summary, parse_tile, resolve_device, resolve_precision
     from diffmf_cli.fusion import output_path
@@ -114,49 +136,49 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
 
     stdout = sys.stdout  # records go here even while an engine (Ray) points sys.stdout elsewhere
 
-    options = FuseOptions(ext=ext.lower().lstrip("."), gray=gray, overwrite=overwrite, batch_size=batch_size,
-                          tile=parse_tile(tile))
-    shard_k_n = parse_shard(shard) if shard is not None else None
-    if as_json and jsonl:
+    options = FuseOptions(ext=req.ext.lower().lstrip("."), gray=req.gray, overwrite=req.overwrite,
+                          batch_size=req.batch_size, tile=parse_tile(req.tile))
+    shard_k_n = parse_shard(req.shard) if req.shard is not None else None
+    if req.as_json and req.jsonl:
         raise UsageError("give --json (one document at the end) or --jsonl (a record per pair), not both")
-    if model is not None and weights is not None:
+    if req.model is not None and req.weights is not None:
         raise UsageError("give --model or --weights, not both")
-    torch_device = resolve_device(device)
-    resolve_precision(precision, torch_device)  # a bad setting stops the run before the pairs are listed
+    torch_device = resolve_device(req.device)
+    resolve_precision(req.precision, torch_device)  # a bad setting stops the run before the pairs are listed
 
     # ---- which pairs
     pairs: list[Pair]
     unmatched: list[Path] = []
     failed_early: list[tuple[str, str]] = []
-    out_dir: Path | None = output
-    if pairs_csv is not None:
-        if ir is not None or vis is not None:
+    out_dir: Path | None = req.output
+    if req.pairs_csv is not None:
+        if req.ir is not None or req.vis is not None:
             raise UsageError("give either IR VIS or --pairs LIST.csv, not both")
-        pairs = read_pair_list(pairs_csv)
+        pairs = read_pair_list(req.pairs_csv)
         if not pairs:
-            raise UsageError(f"--pairs {pairs_csv}: the list has no pairs (rows ir,vis[,out]); nothing to do")
-    elif ir is None or vis is None:
+            raise UsageError(f"--pairs {req.pairs_csv}: the list has no pairs (rows ir,vis[,out]); nothing to do")
+    elif req.ir is None or req.vis is None:
         raise UsageError("give IR and VIS (two folders or two image files), or --pairs LIST.csv")
-    elif ir.is_file() or vis.is_file():
-        for path in (ir, vis):
+    elif req.ir.is_file() or req.vis.is_file():
+        for path in (req.ir, req.vis):
             if not path.is_file():
                 raise UsageError(f"{path}: not an image file (IR and VIS must both be files or both folders)")
-        if _same(ir, vis):
-            raise UsageError(f"{ir} is given as both IR and VIS; it would be fused with itself")
-        if output is not None and is_image_file(output):
-            pairs, out_dir = [Pair(ir.stem, ir, vis, output)], None
+        if _same(req.ir, req.vis):
+            raise UsageError(f"{req.ir} is given as both IR and VIS; it would be fused with itself")
+        if req.output is not None and is_image_file(req.output):
+            pairs, out_dir = [Pair(req.ir.stem, req.ir, req.vis, req.output)], None
         else:
-            pairs = [Pair(ir.stem, ir, vis)]
+            pairs = [Pair(req.ir.stem, req.ir, req.vis)]
     else:
-        if _same(ir, vis):
-            raise UsageError(f"{ir} is given as both IR and VIS; every image would be fused with itself")
-        pairing = pair_folders(ir, vis, recursive=recursive)
+        if _same(req.ir, req.vis):
+            raise UsageError(f"{req.ir} is given as both IR and VIS; every image would be fused with itself")
+        pairing = pair_folders(req.ir, req.vis, recursive=req.recursive)
         if not pairing.pairs and not pairing.ambiguous:
-            raise UsageError(_no_pairs(ir, vis, recursive, pairing))
+            raise UsageError(_no_pairs(req.ir, req.vis, req.recursive, pairing))
         unmatched = pairing.unmatched
         failed_early = [(name, f"{name}: ambiguous, several files share this name: "
                          + ", ".join(str(p) for p in files)) for name, files in pairing.ambiguous.items()]
-        if strict and (unmatched or failed_early):
+        if req.strict and (unmatched or failed_early):
             problems = [f"{p} (no partner)" for p in unmatched] + [reason for _, reason in failed_early]
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise InputError(f"--strict: {len(problems)} file(s) cannot be paired: {'; '.join(problems[:3])}{more}")
@@ -168,20 +190,20 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
     outputs = [output_path(p, out_dir, options.ext) for p in pairs]
     check_inputs_untouched(outputs, [f for p in pairs for f in (p.ir, p.vis)],
                            out_dir if any(p.out is None for p in pairs) else None,
-                           [d for d in (ir, vis) if pairs_csv is None and d is not None and d.is_dir()])
+                           [d for d in (req.ir, req.vis) if req.pairs_csv is None and d is not None and d.is_dir()])
     total = len(pairs)
     if shard_k_n is not None:
         pairs = select_shard(pairs, *shard_k_n)
         failed_early = [(n, r) for n, r in failed_early if _in_shard(n, shard_k_n)]
         if not pairs and not failed_early:
-            if not quiet:
+            if not req.quiet:
                 err.print(f"shard {shard_k_n[0]}/{shard_k_n[1]}: none of the {total} pairs fall in this slice; "
                           "nothing to do", markup=False)
             return 0
 
     # ---- the model (local: loaded here; ray: each worker loads it, the driver checks the weights file)
-    if scale is None:
-        fuser = Fuser(model, weights=weights, device=device, precision=precision, tile=options.tile,
+    if req.scale is None:
+        fuser = Fuser(req.model, weights=req.weights, device=req.device, precision=req.precision, tile=options.tile,
                       batch_size=options.batch_size)
         weights_path = fuser.weights_path
         where = str(torch_device)
@@ -189,18 +211,18 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
         from diffmf_cli.api import resolve_model
         from diffmf_cli.weights import read_metadata
 
-        name, weights_path = resolve_model(model, weights)
+        name, weights_path = resolve_model(req.model, req.weights)
         read_metadata(weights_path)  # a corrupt file stops here (exit 2), not in every worker
-        if not overwrite:  # outputs of other settings stop the run here, not in a worker
+        if not req.overwrite:  # outputs of other settings stop the run here, not in a worker
             from diffmf_cli.io.records import conflict_message, find_conflicts, settings_for
 
-            settings = settings_for(weights_path, gray=gray, precision=precision.strip().lower(),
+            settings = settings_for(weights_path, gray=req.gray, precision=req.precision.strip().lower(),
                                     tile=options.tile, model=name or str(weights_path))
             conflicts = find_conflicts([(output_path(p, out_dir, options.ext), p.ir, p.vis) for p in pairs],
                                        settings)
             if conflicts:
                 raise UsageError(conflict_message(conflicts))
-        where = f"ray ({scale.workers} worker{'s' if scale.workers != 1 else ''})"
+        where = f"ray ({req.scale.workers} worker{'s' if req.scale.workers != 1 else ''})"
     # the output folder (or each listed output's folder) exists and takes files before any pair is fused;
     # a problem with a mirrored sub-folder (-r) fails only the pairs that go there
     folders = {p.out.parent for p in pairs if p.out is not None}
@@ -217,33 +239,33 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
             shown["tiles"] = bar.add_task("  tiles of this image", total=total)
         bar.update(shown["tiles"], completed=done, total=total, visible=done < total)
 
-    if scale is None:
+    if req.scale is None:
         results = fuser.run(pairs, out_dir, ext=options.ext, gray=options.gray, overwrite=options.overwrite,
                             on_tiles=on_tiles)
     else:
         from diffmf_cli.ray_engine import FuserSpec, run_ray
 
-        spec = FuserSpec(model=name, weights=None if name else str(weights_path.resolve()), device=device,
-                         precision=precision, tile=options.tile, batch_size=options.batch_size, ext=options.ext,
+        spec = FuserSpec(model=name, weights=None if name else str(weights_path.resolve()), device=req.device,
+                         precision=req.precision, tile=options.tile, batch_size=options.batch_size, ext=options.ext,
                          gray=options.gray, overwrite=options.overwrite)
-        results = run_ray(pairs, out_dir, spec, scale)
+        results = run_ray(pairs, out_dir, spec, req.scale)
 
     # ---- run
-    if not quiet:
+    if not req.quiet:
         for path in unmatched:
             err.print(f"no partner: {path}", markup=False)
     summary = Summary(unmatched=len(unmatched))
 
     def add(result: PairResult) -> None:
         summary.add(result)
-        if jsonl:
+        if req.jsonl:
             stdout.write(json.dumps(result.to_record()) + "\n")
             stdout.flush()
 
     for name, reason in failed_early:
         add(PairResult(-1, name, None, None, None, "failed", reason))
     start = time.perf_counter()
-    progress = _progress(err, len(pairs)) if (not quiet and err.is_terminal and pairs) else None
+    progress = progress_bar(err) if (not req.quiet and err.is_terminal and pairs) else None
     try:
         task = progress.add_task("fusing", total=len(pairs)) if progress else None
         if progress:
@@ -260,31 +282,31 @@ def _run(err, out, ir, vis, output, pairs_csv, recursive, strict, gray, ext, ove
 
     # ---- render
     summary.results.sort(key=lambda r: (r.index, r.name))
-    if not quiet:
+    if not req.quiet:
         for line in _warnings(summary.results):
             err.print(f"warning: {line}", markup=False)
     for result in summary.results:
         if result.status == "failed":
             err.print(f"failed: {result.error}", markup=False)
-    if as_json:
+    if req.as_json:
         doc = {
             "fused": summary.fused, "skipped": summary.skipped, "failed": summary.failed,
             "unmatched": summary.unmatched, "seconds": round(summary.seconds, 3),
             "pairs_per_second": round(summary.pairs_per_second, 3),
-            "device": where, "precision": precision, "weights": str(weights_path),
+            "device": where, "precision": req.precision, "weights": str(weights_path),
             "unmatched_files": [str(p) for p in unmatched],
             "reasons": summary.reasons,
             "pairs": [r.to_record() for r in summary.results],
         }
         stdout.write(json.dumps(doc) + "\n")
         stdout.flush()
-    elif not quiet:
+    elif not req.quiet:
         fused = _counted(summary.fused, "fused", summary.reasons["fused"])
         skipped = _counted(summary.skipped, "skipped", summary.reasons["skipped"])
         line = (f"{fused}, {skipped}, {summary.failed} failed, "
                 f"{summary.unmatched} without a partner in {summary.seconds:.1f} s "
                 f"({summary.pairs_per_second:.2f} pairs/s) on {where}")
-        (err if jsonl else out).print(line, markup=False)  # with --jsonl, stdout holds records only
+        (err if req.jsonl else out).print(line, markup=False)  # with --jsonl, stdout holds records only
     return 1 if summary.failed else 0
 
 
@@ -339,10 +361,3 @@ def _in_shard(name: str, k_n: tuple[int, int]) -> bool:
     from diffmf_cli.io.pairs import shard_of
 
     return shard_of(name, k_n[1]) == k_n[0]
-
-
-def _progress(console: Console, total: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=console, transient=True)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -21,53 +22,8 @@ import typer
 from rich.console import Console
 
 from diffmf_cli.cli.app import app
-from diffmf_cli.errors import DiffMFError, UsageError
-from diffmf_cli.weights import SHIPPED_MODELS
-
-# Settings that a TOML file may hold at its top level (TrainSettings fields, in TOML's spelling).
-_SCALAR_KEYS = ("task", "preset", "steps", "batch_size", "crop", "lr", "schedule", "warmup_steps",
-                "min_lr_ratio", "weight_decay", "grad_clip", "ema_decay", "seed", "checkpoint_every",
-                "log_every", "val_every", "val_max_pairs", "val_crop", "val_holdout", "init_weights")
-_SESSION_KEYS = ("max_minutes", "threads", "out")
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: config file does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read config file ({exc})") from None
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    allowed = set(_SCALAR_KEYS) | set(_SESSION_KEYS) | {"source", "val_source", "model", "loss"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise UsageError(f"{path}: unknown keys {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
-    base = path.parent
-
-    def rel(value):
-        p = Path(str(value)).expanduser()
-        return str(p if p.is_absolute() else (base / p).resolve())
-
-    for key in ("source", "val_source"):
-        items = data.get(key, [])
-        if not isinstance(items, list) or not all(isinstance(s, dict) for s in items):
-            raise UsageError(f"{path}: '{key}' must be an array of tables ([[{key}]])")
-        data[key] = [{k: (rel(v) if k in ("ir", "vis", "pairs") else v) for k, v in s.items()} for s in items]
-    for key in ("model", "loss"):
-        if not isinstance(data.get(key, {}), dict):
-            raise UsageError(f"{path}: '{key}' must be a table ([{key}])")
-    if "out" in data:
-        data["out"] = rel(data["out"])
-    if "init_weights" in data and str(data["init_weights"]) not in SHIPPED_MODELS:
-        data["init_weights"] = rel(data["init_weights"])
-    return data
-
+from diffmf_cli.cli.common import consoles, progress_bar, run_command
+from diffmf_cli.errors import UsageError
 
 def _parse_model_options(options: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -147,13 +103,13 @@ def train_command(
     name: Optional[str] = typer.Option(None, "--name", help="Model name stored in exported weights."),
 ) -> None:
     """Train DIFF-MF: --ir DIR --vis DIR [...] --out RUN_DIR; --resume; or --export RUN_DIR -o FILE."""
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    stdout = Console(highlight=False, soft_wrap=True)
+    err, stdout = consoles()
     if threads is not None and threads >= 1:
         _limit_numba_pool(threads)
-    try:
+
+    def body() -> int:
         if export is not None:
-            code = _export(stdout, export, output, name)
+            return _export(stdout, export, output, name)
         else:
             cli = {
                 "task": "medical" if medical else task, "preset": preset, "steps": steps,
@@ -176,12 +132,28 @@ def train_command(
                     raise UsageError("--init takes the model config from the weights file; drop --preset and "
                                      "--model-option")
                 cli["init_weights"] = str(init)
-            code = _train(err, stdout, cli, sources, val_sources, _parse_model_options(model_option), config,
-                          out, resume, max_minutes, threads, name)
-    except DiffMFError as exc:
-        err.print(f"diffmf train: error: {exc}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
-    raise typer.Exit(code)
+            return _train(err, stdout, TrainRequest(cli, sources, val_sources, _parse_model_options(model_option),
+                                                    config, out, resume, max_minutes, threads, name))
+
+    run_command("train", err, body)
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What `diffmf train` was asked: `cli` the run settings given as options (None: not given), the sources
+    as dicts, the --model-option overrides, and the session's --config, --out, --resume, --max-minutes,
+    --threads and --name."""
+
+    cli: dict
+    sources: list
+    val_sources: list
+    model_overrides: dict
+    config_path: Path | None
+    out: Path | None
+    resume: bool
+    max_minutes: float | None
+    threads: int | None
+    name: str | None
 
 
 def _limit_numba_pool(threads: int) -> None:
@@ -205,63 +177,25 @@ def _export(stdout: Console, run_dir: Path, output: Path | None, name: str | Non
     return 0
 
 
-def _settings_from(cli: dict, sources: list[dict], val_sources: list[dict], model_overrides: dict,
-                   config_path: Path | None, base: dict | None = None):
-    """Settings: ``base`` (defaults, or a stored run's), then the TOML file, then the command line."""
-    from diffmf_cli.training.loop import TrainSettings
-
-    merged: dict[str, Any] = dict(base or {})
-    file_session: dict[str, Any] = {}
-    if config_path is not None:
-        data = _read_toml(config_path)
-        merged.update({k: data[k] for k in _SCALAR_KEYS if k in data})
-        file_session = {k: data[k] for k in _SESSION_KEYS if k in data}
-        if "source" in data:
-            merged["sources"] = data["source"]
-        if "val_source" in data:
-            merged["val_sources"] = data["val_source"]
-        if "model" in data:
-            merged["model_overrides"] = {**merged.get("model_overrides", {}), **data["model"]}
-        if data.get("loss"):
-            merged["loss"] = {**(merged.get("loss") or {}), **data["loss"]}
-    merged.update({k: v for k, v in cli.items() if v is not None})
-    if merged.get("init_weights"):
-        from diffmf_cli.weights import read_metadata, resolve_weights
-
-        path = resolve_weights(merged["init_weights"])
-        merged["init_weights"] = str(path.resolve())
-        meta = read_metadata(path)
-        merged["model_overrides"] = meta["config"]  # the whole config, so the preset below changes nothing
-        merged["preset"] = meta.get("preset") if isinstance(meta.get("preset"), str) else "cpu"
-    if sources:  # sources on the command line replace the file's
-        merged["sources"] = sources
-    if val_sources:
-        merged["val_sources"] = val_sources
-    if model_overrides:
-        merged["model_overrides"] = {**merged.get("model_overrides", {}), **model_overrides}
-    try:
-        settings = TrainSettings.from_dict(merged)
-    except TypeError as exc:
-        raise UsageError(f"bad training settings: {exc}") from None
-    return settings, file_session
-
-
-def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model_overrides, config_path,
-           out: Path | None, resume: bool, max_minutes, threads, name) -> int:
+def _train(err, stdout, req: TrainRequest) -> int:
     import torch
 
     from diffmf_cli.training.loop import RunFiles, export_run, read_settings, train
+    from diffmf_cli.training.settings import merge_settings, read_config
 
-    if resume:
-        run_dir = out
-        if run_dir is None and config_path is not None:
-            run_dir = _read_toml(config_path).get("out")
+    max_minutes = req.max_minutes
+    threads = req.threads
+
+    if req.resume:
+        run_dir = req.out
+        if run_dir is None and req.config_path is not None:
+            run_dir = read_config(req.config_path).get("out")
         if run_dir is None:
             raise UsageError("--resume needs --out RUN_DIR")
         stored = read_settings(run_dir)
         # Settings may be repeated on a resume (scripts do), but none may change.
-        settings, session = _settings_from(cli, sources, val_sources, model_overrides, config_path,
-                                           base=stored.to_dict())
+        settings, session = merge_settings(req.cli, req.sources, req.val_sources, req.model_overrides,
+                                           req.config_path, base=stored.to_dict())
         before, after = stored.to_dict(), settings.to_dict()
         changed = [k for k in before if before[k] != after.get(k)]
         if changed:
@@ -270,8 +204,9 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
                              "drop them, or start a new run with another --out")
         settings = stored
     else:
-        settings, session = _settings_from(cli, sources, val_sources, model_overrides, config_path)
-    run_dir = out if out is not None else (Path(session["out"]) if "out" in session else None)
+        settings, session = merge_settings(req.cli, req.sources, req.val_sources, req.model_overrides,
+                                           req.config_path)
+    run_dir = req.out if req.out is not None else (Path(session["out"]) if "out" in session else None)
     if run_dir is None:
         raise UsageError("give --out RUN_DIR (the folder for checkpoints, logs and weights)")
     max_minutes = max_minutes if max_minutes is not None else session.get("max_minutes")
@@ -286,11 +221,11 @@ def _train(err: Console, stdout: Console, cli: dict, sources, val_sources, model
     reporter = _Reporter(err)
     files = RunFiles(run_dir)
     try:
-        result = train(settings, run_dir, resume=resume, max_minutes=max_minutes, report=reporter)
+        result = train(settings, run_dir, resume=req.resume, max_minutes=max_minutes, report=reporter)
     finally:
         reporter.close()
-    if name:
-        files.name.write_text(name + "\n")
+    if req.name:
+        files.name.write_text(req.name + "\n")
     stdout.print(f"run {files.dir}: step {result.step}/{result.total_steps}, "
                  f"{result.wall_time_s / 60:.1f} min of training in all"
                  + (f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""), markup=False)
@@ -326,11 +261,7 @@ class _Reporter:
             if info.get("metrics_note"):
                 self.err.print(f"validation: {info['metrics_note']}", markup=False)
             if self.err.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                                         TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
-                                         console=self.err, transient=True)
+                self.progress = progress_bar(self.err, "training", stats="{task.fields[stats]}")
                 self.task = self.progress.add_task("train", total=info["total"], completed=info["step"],
                                                    stats="")
                 self.progress.start()

@@ -295,3 +295,13 @@ def best_methods(doc: dict, names) -> dict[str, set[str]]:
         target = max(finite.values()) if METRICS[metric].higher_is_better else min(finite.values())
         best[metric] = {k for k, v in finite.items() if v == target}
     return best
+
+
+def format_value(value: float | None) -> str:
+    """A metric value as tables and the report print it: 4 decimals, or 3 significant digits in scientific
+    notation below 0.01; "nan", "inf", "-inf" for the non-finite (None counts as nan)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.3e}" if 0 < abs(value) < 0.01 else f"{value:.4f}"

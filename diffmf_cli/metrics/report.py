@@ -19,6 +19,7 @@ import numpy as np
 
 from diffmf_cli.errors import InputError
 from diffmf_cli.io.files import atomic_write_bytes
+from diffmf_cli.metrics.evaluation import format_value
 from diffmf_cli.io.images import read_image
 
 THUMB_SIDE = 256  # longest side of the images on the page
@@ -220,7 +221,8 @@ def _page(doc, names, methods, blocks, best, charts, tasks, results, sheet) -> s
         parts.append(f"<tr><td>{esc(metric)} {METRICS[metric].arrow}</td>")
         for m in methods:
             s = blocks[m]["summary"][metric]
-            text = f"{_num(s['mean'])} ± {_num(s['std'])}" + (f" ({s['excluded']} nan)" if s["excluded"] else "")
+            text = f"{format_value(s['mean'])} ± {format_value(s['std'])}"
+            text += f" ({s['excluded']} nan)" if s["excluded"] else ""
             cls = " class='best'" if m in best[metric] else ""
             parts.append(f"<td{cls}>{esc(text)}</td>")
         parts.append("</tr>")
@@ -258,14 +260,6 @@ def _cell(label: str, path: Path | None, values: dict | None, names) -> str:
     table = ""
     if values is not None:
         table = "<table class='vals'>" + "".join(
-            f"<tr><td>{esc(n)}</td><td>{_num(values.get(n))}</td></tr>" for n in names
+            f"<tr><td>{esc(n)}</td><td>{format_value(values.get(n))}</td></tr>" for n in names
         ) + "</table>"
     return f"<div class='cell'>{pic}<b>{esc(label)}</b>{table}</div>"
-
-
-def _num(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.3e}" if 0 < abs(v) < 0.01 else f"{v:.4f}"
