@@ -431,22 +431,9 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     ``max_minutes``: stop cleanly (checkpoint first) once this session has run that long.
     ``report(kind, info)``: kinds ``"start"``, ``"step"`` (every log interval), ``"val"``, ``"checkpoint"``.
     """
-    from diffmf_cli.models import create_model
-
     report = report or (lambda kind, info: None)
     files = RunFiles(run_dir)
-    if resume:
-        stored = read_settings(files.dir)
-        if stored.to_dict() != settings.to_dict():
-            raise UsageError(f"{files.settings}: settings differ from this run's; resume takes them from there")
-        # A run killed before its first checkpoint starts again from step 0.
-        ckpt = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
-        if ckpt is None:
-            _truncate_log(files.log, 0)
-    else:
-        if files.checkpoint.exists() or files.settings.exists():
-            raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")
-        ckpt = None
+    ckpt = _open_run(settings, files, resume)
     cfg = settings.model_config()
     loss_weights = settings.loss_weights()
 
@@ -460,100 +447,31 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     sampler = CropSampler(images, settings.crop_size, settings.seed, weights)
     val_pairs = load_validation(settings, held)
 
-    torch.manual_seed(settings.seed)
-    model = create_model(cfg)
-    if settings.init_weights and ckpt is None:
-        _init_from(model, settings.init_weights)
-    model.train()
-    ema = copy.deepcopy(model)
-    ema.requires_grad_(False)
-    optimizer = torch.optim.Adam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
-                                 weight_decay=settings.weight_decay)
-    step, wall_before = 0, 0.0
-    if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{files.checkpoint}: does not fit this run ({str(exc).splitlines()[0]})") from None
-        step, wall_before = int(ckpt["step"]), float(ckpt["wall_time_s"])
-        _truncate_log(files.log, step)
-    else:
-        files.dir.mkdir(parents=True, exist_ok=True)
-        _write_json(files.settings, settings.to_dict())
-        _write_json(files.data, {
-            "sources": [{"source": spec.to_dict(), "weight": float(w), "pairs": [p.name for p in pairs],
-                         "files": [[str(p.ir), str(p.vis)] for p in pairs]}
-                        for spec, w, pairs in zip(settings.sources, sampler.weights, listed)],
-            "validation_pairs": [name for name, _, _ in val_pairs],
-        })
+    state = _TrainingState.create(settings, cfg, ckpt, files)
+    if ckpt is None:
+        _write_run_record(files, settings, sampler, listed, val_pairs)
 
     _, _, metrics_note = _metric_functions()
-    report("start", {"step": step, "total": settings.steps, "resumed": ckpt is not None,
+    report("start", {"step": state.step, "total": settings.steps, "resumed": ckpt is not None,
                      "pairs": [len(s) for s in images], "weights": sampler.weights.tolist(),
                      "validation_pairs": len(val_pairs), "metrics_note": metrics_note if val_pairs else None,
-                     "params": sum(p.numel() for p in model.parameters())})
-
-    def save_checkpoint(at_step: int, wall: float) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT, "step": at_step, "wall_time_s": wall,
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "threads": torch.get_num_threads(),
-            "data_order": {"seed": settings.seed, "next_step": at_step},
-            "settings": json.dumps(settings.to_dict(), sort_keys=True),
-        }
-        atomic_write(files.checkpoint, lambda tmp: torch.save(state, tmp))
-        if files.log.is_file():
-            plot_curves(files.log, files.plot)
-        report("checkpoint", {"step": at_step, "path": str(files.checkpoint)})
+                     "params": sum(p.numel() for p in state.model.parameters())})
 
     start = time.monotonic()
-    window_start, window_steps = start, 0
-    sums = {"loss": 0.0, "intensity": 0.0, "gradient": 0.0, "ssim": 0.0}
+    window = _LogWindow(start)
     stopped_by, last_loss = None, None
     log_fh = open(files.log, "a", encoding="utf-8")
     with log_fh, (_stop_on_signals() if handle_signals else _no_signals()) as flag:
-        while step < settings.steps:
-            lr = learning_rate(settings, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            ir, vis = sampler.batch(step, settings.batch_size)
-            fused = model(ir, vis)
-            loss, parts = fusion_loss(fused, ir, vis, loss_weights)
-            if not torch.isfinite(loss):
-                raise DiffMFError(f"training diverged: loss is {float(loss)} at step {step + 1}; "
-                                  f"lower --lr (last checkpoint: {files.checkpoint})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            ema_update(ema, model, settings.ema_decay, step)
-            step += 1
-            window_steps += 1
-            last_loss = float(loss.detach())
-            sums["loss"] += last_loss
-            for k, v in parts.items():
-                sums[k] += float(v)
-
+        while state.step < settings.steps:
+            lr, loss, parts = _train_step(state, sampler, settings, loss_weights, files)
+            last_loss = window.add(loss, parts)
+            step = state.step
             now = time.monotonic()
             if step % settings.log_every == 0 or step == settings.steps:
-                row = {"kind": "train", "step": step, "lr": lr,
-                       **{k: v / window_steps for k, v in sums.items()},
-                       "steps_per_s": window_steps / max(now - window_start, 1e-9),
-                       "wall_time_s": wall_before + now - start}
-                log_fh.write(json.dumps(row) + "\n")
-                log_fh.flush()
-                report("step", row)
-                window_start, window_steps = now, 0
-                sums = dict.fromkeys(sums, 0.0)
+                _log(log_fh, report, "step", window.row(step, lr, now, state.wall_before + now - start))
             if val_pairs and (step % settings.val_every == 0 or step == settings.steps):
-                row = {"kind": "val", "step": step, **validate(ema, val_pairs, loss_weights)}
-                log_fh.write(json.dumps(row) + "\n")
-                log_fh.flush()
-                report("val", row)
+                _log(log_fh, report, "val", {"kind": "val", "step": step,
+                                             **validate(state.ema, val_pairs, loss_weights)})
             over_time = max_minutes is not None and (time.monotonic() - start) >= max_minutes * 60
             if flag["signal"]:
                 stopped_by = f"signal {flag['signal']}"
@@ -561,11 +479,147 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
                 stopped_by = "time budget"
             if step % settings.checkpoint_every == 0 or step == settings.steps or stopped_by:
                 log_fh.flush()
-                save_checkpoint(step, wall_before + time.monotonic() - start)
+                state.save(files, settings, state.wall_before + time.monotonic() - start)
+                report("checkpoint", {"step": step, "path": str(files.checkpoint)})
             if stopped_by:
                 break
-    wall = wall_before + time.monotonic() - start
-    return TrainResult(files.dir, step, settings.steps, step >= settings.steps, stopped_by, wall, last_loss)
+    wall = state.wall_before + time.monotonic() - start
+    return TrainResult(files.dir, state.step, settings.steps, state.step >= settings.steps, stopped_by, wall,
+                       last_loss)
+
+
+def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:
+    """The checkpoint to continue from (None: start at step 0), after checking the run folder fits `resume`."""
+    if not resume:
+        if files.checkpoint.exists() or files.settings.exists():
+            raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")
+        return None
+    stored = read_settings(files.dir)
+    if stored.to_dict() != settings.to_dict():
+        raise UsageError(f"{files.settings}: settings differ from this run's; resume takes them from there")
+    # A run killed before its first checkpoint starts again from step 0.
+    ckpt = load_checkpoint(files.checkpoint) if files.checkpoint.exists() else None
+    if ckpt is None:
+        _truncate_log(files.log, 0)
+    return ckpt
+
+
+@dataclass
+class _TrainingState:
+    """What a checkpoint holds: the model, its EMA, the optimiser, the step and the wall time before this
+    session (torch's RNG state is saved and restored beside them)."""
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    wall_before: float = 0.0
+
+    @classmethod
+    def create(cls, settings: TrainSettings, cfg, ckpt: dict | None, files: RunFiles) -> _TrainingState:
+        """A model of config `cfg`, fresh (seeded, or from ``init_weights``) or restored from `ckpt`."""
+        from diffmf_cli.models import create_model
+
+        torch.manual_seed(settings.seed)
+        model = create_model(cfg)
+        if settings.init_weights and ckpt is None:
+            _init_from(model, settings.init_weights)
+        model.train()
+        ema = copy.deepcopy(model)
+        ema.requires_grad_(False)
+        optimizer = torch.optim.Adam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
+                                     weight_decay=settings.weight_decay)
+        state = cls(model, ema, optimizer)
+        if ckpt is not None:
+            try:
+                model.load_state_dict(ckpt["model"])
+                ema.load_state_dict(ckpt["ema"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                torch.set_rng_state(ckpt["torch_rng"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(f"{files.checkpoint}: does not fit this run ({str(exc).splitlines()[0]})"
+                                      ) from None
+            state.step, state.wall_before = int(ckpt["step"]), float(ckpt["wall_time_s"])
+            _truncate_log(files.log, state.step)
+        return state
+
+    def save(self, files: RunFiles, settings: TrainSettings, wall: float) -> None:
+        """Write the checkpoint (atomically) and redraw the loss plot."""
+        state = {
+            "format": CHECKPOINT_FORMAT, "step": self.step, "wall_time_s": wall,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(), "threads": torch.get_num_threads(),
+            "data_order": {"seed": settings.seed, "next_step": self.step},
+            "settings": json.dumps(settings.to_dict(), sort_keys=True),
+        }
+        atomic_write(files.checkpoint, lambda tmp: torch.save(state, tmp))
+        if files.log.is_file():
+            plot_curves(files.log, files.plot)
+
+
+def _write_run_record(files: RunFiles, settings: TrainSettings, sampler: CropSampler, listed, val_pairs) -> None:
+    """A new run's settings.json and data.json (the pairs and sampling weights a resume must find again)."""
+    files.dir.mkdir(parents=True, exist_ok=True)
+    _write_json(files.settings, settings.to_dict())
+    _write_json(files.data, {
+        "sources": [{"source": spec.to_dict(), "weight": float(w), "pairs": [p.name for p in pairs],
+                     "files": [[str(p.ir), str(p.vis)] for p in pairs]}
+                    for spec, w, pairs in zip(settings.sources, sampler.weights, listed)],
+        "validation_pairs": [name for name, _, _ in val_pairs],
+    })
+
+
+def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSettings, loss_weights: LossWeights,
+                files: RunFiles) -> tuple[float, torch.Tensor, dict]:
+    """One optimiser step on batch `state.step` (then the EMA, and the step count); returns (lr, loss, parts).
+    DiffMFError when the loss is not finite (the last checkpoint is named)."""
+    lr = learning_rate(settings, state.step)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    ir, vis = sampler.batch(state.step, settings.batch_size)
+    fused = state.model(ir, vis)
+    loss, parts = fusion_loss(fused, ir, vis, loss_weights)
+    if not torch.isfinite(loss):
+        raise DiffMFError(f"training diverged: loss is {float(loss)} at step {state.step + 1}; "
+                          f"lower --lr (last checkpoint: {files.checkpoint})")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), settings.grad_clip)
+    state.optimizer.step()
+    ema_update(state.ema, state.model, settings.ema_decay, state.step)
+    state.step += 1
+    return lr, loss, parts
+
+
+class _LogWindow:
+    """Loss sums and step count since the last log row."""
+
+    def __init__(self, start: float):
+        self.start, self.steps = start, 0
+        self.sums = {"loss": 0.0, "intensity": 0.0, "gradient": 0.0, "ssim": 0.0}
+
+    def add(self, loss: torch.Tensor, parts: dict) -> float:
+        value = float(loss.detach())
+        self.steps += 1
+        self.sums["loss"] += value
+        for k, v in parts.items():
+            self.sums[k] += float(v)
+        return value
+
+    def row(self, step: int, lr: float, now: float, wall_time_s: float) -> dict:
+        """The "train" log row of the window ending now; starts the next window."""
+        row = {"kind": "train", "step": step, "lr": lr, **{k: v / self.steps for k, v in self.sums.items()},
+               "steps_per_s": self.steps / max(now - self.start, 1e-9), "wall_time_s": wall_time_s}
+        self.start, self.steps = now, 0
+        self.sums = dict.fromkeys(self.sums, 0.0)
+        return row
+
+
+def _log(log_fh, report: Report, kind: str, row: dict) -> None:
+    log_fh.write(json.dumps(row) + "\n")
+    log_fh.flush()
+    report(kind, row)
 
 
 @contextmanager
