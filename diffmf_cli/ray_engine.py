@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffmf_cli import errors
 from diffmf_cli.errors import DiffMFError, UsageError
 from diffmf_cli.fusion import PairResult, output_path
 from diffmf_cli.io.pairs import Pair
@@ -102,13 +103,28 @@ class FuseWorker:
 
         torch.set_num_threads(max(1, threads))
         self.spec = spec
-        self.fuser = Fuser(spec.model, weights=spec.weights, device=spec.device, precision=spec.precision,
-                           tile=spec.tile, batch_size=spec.batch_size)
+        self.fuser, self.fatal = None, None
+        try:
+            self.fuser = Fuser(spec.model, weights=spec.weights, device=spec.device, precision=spec.precision,
+                               tile=spec.tile, batch_size=spec.batch_size)
+        except DiffMFError as exc:  # told to the driver with the first batch, typed (Ray would lose the type)
+            self.fatal = exc
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        order = [int(row["index"]) for row in rows]
+        try:
+            records = self._fuse(rows)
+        except DiffMFError as exc:  # a whole-run error (UsageError, CheckpointError): the driver raises it
+            records = {i: {"fatal": type(exc).__name__, "message": str(exc)} for i in order}
+        return {"index": np.asarray(order, dtype=np.int64),
+                "record": np.asarray([json.dumps(records[i]) for i in order], dtype=object)}
+
+    def _fuse(self, rows: list[dict]) -> dict[int, dict]:
+        if self.fatal is not None:
+            raise self.fatal
         records: dict[int, dict] = {}
         todo: list[tuple[int, Pair]] = []
         for row in rows:
@@ -127,14 +143,12 @@ class FuseWorker:
                                      overwrite=spec.overwrite)
             for result in results:
                 index = todo[result.index][0]
-                record = result.to_record()
-                records[index] = record
-        order = [int(row["index"]) for row in rows]
-        return {"index": np.asarray(order, dtype=np.int64),
-                "record": np.asarray([json.dumps(records[i]) for i in order], dtype=object)}
+                records[index] = result.to_record()
+        return records
 
 
 def _result(index: int, record: dict) -> PairResult:
+    """A worker's `PairResult.to_record()` back as a PairResult."""
     path = lambda key: None if record.get(key) is None else Path(record[key])  # noqa: E731
     size = None if record.get("height") is None else (record["height"], record["width"])
     return PairResult(index, record["name"], path("ir"), path("vis"), path("output"), record["status"],
@@ -171,11 +185,15 @@ def connect(settings: RaySettings):
             if address:
                 ray.init(address=address, **quiet)
             else:
+                # Ray runs workers at nice 15 by default: on cores shared with other jobs the pool would then
+                # get a fraction of what a local run gets. Our workers are the job, so they run at nice 0.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 cpus = max(os.cpu_count() or 1, int(round(settings.workers * settings.cpus_per_worker)))
                 ray.init(address="local", num_cpus=cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise UsageError(f"--engine ray: cannot start or join {where} ({_one_line(exc)})") from None
+        why = _one_line(exc) + (f"; {_one_line(exc.__cause__)}" if exc.__cause__ is not None else "")
+        raise UsageError(f"--engine ray: cannot start or join {where} ({why})") from None
     return ray, True
 
 
@@ -206,7 +224,8 @@ def run_ray(pairs: Iterable[Pair], out_dir: Path | None, spec: FuserSpec,
             raise DiffMFError(f"the Ray run failed ({_one_line(exc)})") from None
         finally:
             if connected:
-                ray.shutdown()
+                with _native_stderr_silenced():
+                    ray.shutdown()
 
 
 def _run_dataset(ray, rows: list[dict], spec: FuserSpec, settings: RaySettings) -> Iterator[PairResult]:
@@ -230,7 +249,11 @@ def _run_dataset(ray, rows: list[dict], spec: FuserSpec, settings: RaySettings) 
         num_gpus=settings.gpus_per_worker or None,
     )
     for row in fused.iter_rows():
-        yield _result(int(row["index"]), json.loads(row["record"]))
+        record = json.loads(row["record"])
+        if "fatal" in record:
+            kind = getattr(errors, record["fatal"], DiffMFError)
+            raise (kind if isinstance(kind, type) and issubclass(kind, DiffMFError) else DiffMFError)(record["message"])
+        yield _result(int(row["index"]), record)
 
 
 def _one_line(exc: BaseException) -> str:

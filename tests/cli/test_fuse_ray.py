@@ -198,3 +198,37 @@ def test_without_ray_the_engine_fails_in_one_line(monkeypatch, tmp_path, tiny_we
     assert not (tmp_path / "out").exists()
     res = fuse(tmp_path / "ir", tmp_path / "vis", "-o", tmp_path / "out", "--workers", "2", weights=tiny_weights)
     assert res.exit_code == 2 and "go with --engine ray" in res.stderr
+
+
+def _rows(pairs: list[tuple[str, Path, Path, Path]], before) -> dict:
+    return {"index": np.arange(len(pairs)), "name": np.array([p[0] for p in pairs]),
+            "ir": np.array([str(p[1]) for p in pairs]), "vis": np.array([str(p[2]) for p in pairs]),
+            "out": np.array([str(p[3]) for p in pairs]), "before": np.array([json.dumps(b) for b in before])}
+
+
+def test_a_retried_batch_reports_but_never_rewrites_what_an_earlier_attempt_wrote(tmp_path, tiny_weights):
+    from diffmf_cli.ray_engine import FuserSpec, FuseWorker, _identity
+
+    for name in ("a", "b"):
+        write_image(tmp_path / "ir" / f"{name}.png", RNG.integers(0, 256, (8, 10)).astype(np.uint8))
+        write_image(tmp_path / "vis" / f"{name}.png", RNG.integers(0, 256, (8, 10)).astype(np.uint8))
+    pairs = [(n, tmp_path / "ir" / f"{n}.png", tmp_path / "vis" / f"{n}.png", tmp_path / "out" / f"{n}.png")
+             for n in ("a", "b")]
+    worker = FuseWorker(FuserSpec(weights=str(tiny_weights), device="cpu"))
+    first = worker(_rows(pairs[:1], [None]))  # the first attempt writes a.png, then (say) its actor dies
+    assert json.loads(first["record"][0])["status"] == "fused"
+    inode = _identity(pairs[0][3])
+    retry = worker(_rows(pairs, [None, None]))  # the retry of the whole batch, as the driver saw it at the start
+    assert [json.loads(r)["status"] for r in retry["record"]] == ["fused", "fused"]
+    assert _identity(pairs[0][3]) == inode  # not written again
+    again = worker(_rows(pairs, [_identity(p[3]) for p in pairs]))  # a later run: the local skip rule
+    assert [json.loads(r)["status"] for r in again["record"]] == ["skipped", "skipped"]
+
+
+def test_a_worker_that_cannot_load_the_model_tells_the_driver_its_typed_error(tmp_path):
+    from diffmf_cli.ray_engine import FuserSpec, FuseWorker
+
+    worker = FuseWorker(FuserSpec(weights=str(tmp_path / "missing.safetensors"), device="cpu"))
+    pairs = [("a", tmp_path / "a.png", tmp_path / "a.png", tmp_path / "o.png")]
+    record = json.loads(worker(_rows(pairs, [None]))["record"][0])
+    assert record["fatal"] == "CheckpointError" and "missing.safetensors" in record["message"]
