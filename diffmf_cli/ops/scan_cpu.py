@@ -430,5 +430,11 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 def _all_finite(*tensors: torch.Tensor | None) -> bool:
+    """False when any tensor holds a NaN or an inf: one sum per tensor (a NaN or inf makes it non-finite; a
+    sum of finite values that overflows only sends the call to the reference, which is slower but right).
+    About 3% of a scan call, where ``isfinite(t).all()`` costs about 30%."""
     with torch.no_grad():
-        return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
+        return all(t is None or bool(torch.isfinite(t.sum(dtype=_SUM_DTYPES.get(t.dtype)))) for t in tensors)
+
+
+_SUM_DTYPES = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
