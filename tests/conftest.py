@@ -33,3 +33,16 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A weights file of the tiny preset, freshly initialised (seed 0), shared by the fuse, API and Ray tests."""
+    from diffmf_cli.models import create_model
+    from diffmf_cli.weights import save_weights
+
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(path, model, {"name": "tiny test model (random)"})
+    return path

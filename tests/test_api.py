@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from diffmf_cli.cli.app import _register, app
@@ -19,17 +18,6 @@ _register()
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = REPO_ROOT / "diffmf_cli" / "samples"
 RNG = np.random.default_rng(5)
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    from diffmf_cli.models import create_model
-    from diffmf_cli.weights import save_weights
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, create_model("tiny"), {"name": "tiny test model (random)"})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from diffmf_cli.cli.app import _register, app
@@ -34,17 +33,6 @@ def cluster():
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    from diffmf_cli.models import create_model
-    from diffmf_cli.weights import save_weights
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, create_model("tiny"), {"name": "tiny test model (random)"})
-    return path
 
 
 @pytest.fixture(scope="module")

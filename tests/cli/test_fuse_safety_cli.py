@@ -23,17 +23,6 @@ RNG = np.random.default_rng(5)
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    from diffmf_cli.models import create_model
-    from diffmf_cli.weights import save_weights
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(path, create_model("tiny"), {"name": "tiny test model (random)"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def other_weights(tmp_path_factory) -> Path:
     from diffmf_cli.models import create_model
     from diffmf_cli.weights import save_weights
