@@ -68,9 +68,7 @@ def prepare_output_folders(folders: Iterable[Path]) -> None:
             raise UsageError(f"{folder}: output folder is a file")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:
-            raise UsageError(f"{folder}: cannot create the output folder (a file is in the way)") from None
-        except NotADirectoryError:
+        except (FileExistsError, NotADirectoryError):
             raise UsageError(f"{folder}: cannot create the output folder (a file is in the way)") from None
         except OSError as exc:
             raise UsageError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
