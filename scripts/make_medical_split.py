@@ -5,7 +5,10 @@
 
 writes ``harvard_train_MRI_CT.csv``, ``harvard_train_MRI_PET.csv``, ``harvard_train_MRI_SPECT.csv`` (rows
 ``ir,vis`` = MRI, other modality; paths relative to the CSV) and ``report.json`` (what was dropped and why),
-for ``diffmf train --task medical --pairs ... --pairs ... --pairs ...``. The rule is
+for ``diffmf train --task medical --pairs ... --pairs ... --pairs ...``. With ``--val-per-type N`` it also
+moves N training pairs of each type (the smallest SHA-1 of their names) into ``harvard_val_<TYPE>.csv``, a
+validation set that covers every pair type (``[[val_source]]`` of a training config); ``--val-holdout``
+would take them all from the largest type. The rule is
 ``harvard_train_pairs`` below: drop a pair whose MRI or other image equals a
 ``harvard_cddfuse`` image pixel for pixel, or correlates with one at >= 0.99 (the same atlas slice stored
 with slightly different pixels).
@@ -124,10 +127,21 @@ def harvard_train_pairs(data_root: str | Path,
 
 
 
+def _write_list(path: Path, pairs: list[Pair], out_dir: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ir", "vis"])
+        for p in pairs:
+            writer.writerow([os.path.relpath(Path(p.ir).resolve(), out_dir),
+                             os.path.relpath(Path(p.vis).resolve(), out_dir)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="datasets folder")
     parser.add_argument("--out", type=Path, default=Path("runs/medical_lists"), help="folder for the lists")
+    parser.add_argument("--val-per-type", type=int, default=0,
+                        help="training pairs of each type moved to harvard_val_<TYPE>.csv (default 0)")
     parser.add_argument("--near", type=float, default=NEAR_DUPLICATE_CORRELATION,
                         help="correlation at which a slice counts as a test slice (>1: exact matches only)")
     args = parser.parse_args(argv)
@@ -136,16 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     except DiffMFError as exc:
         print(f"make_medical_split: error: {exc}", file=sys.stderr)
         return 2
+    if args.val_per_type < 0:
+        print("make_medical_split: error: --val-per-type must be >= 0", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     out_dir = args.out.resolve()
     for kind, kept in pairs.items():
-        path = out_dir / f"harvard_train_{kind}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["ir", "vis"])
-            for p in kept:
-                writer.writerow([os.path.relpath(Path(p.ir).resolve(), out_dir),
-                                 os.path.relpath(Path(p.vis).resolve(), out_dir)])
+        by_hash = sorted(kept, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+        val = {p.name for p in by_hash[:args.val_per_type]}
+        report["types"][kind]["validation"] = sorted(val)
+        _write_list(out_dir / f"harvard_train_{kind}.csv", [p for p in kept if p.name not in val], out_dir)
+        if val:
+            _write_list(out_dir / f"harvard_val_{kind}.csv", [p for p in kept if p.name in val], out_dir)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for kind, info in report["types"].items():
         print(f"{kind}: {info['listed']} listed, {info['dropped']} dropped "

@@ -128,9 +128,8 @@ def train_command(
                     s["weight"] = w
             val_sources = _folder_sources(val_ir, val_vis, "val-")
             if init is not None:
-                if preset is not None or model_option:
-                    raise UsageError("--init takes the model config from the weights file; drop --preset and "
-                                     "--model-option")
+                if preset is not None:
+                    raise UsageError("--init takes the model config from the weights file; drop --preset")
                 cli["init_weights"] = str(init)
             return _train(err, stdout, TrainRequest(cli, sources, val_sources, _parse_model_options(model_option),
                                                     config, out, resume, max_minutes, threads, name))

@@ -30,6 +30,9 @@ Our decisions (the paper is silent on each; all are fields of `DiffMFConfig`):
   fused Y is ``clamp(w·IR + (1 − w)·Y + r, 0, 1)`` with a per-pixel weight ``w = σ(o₁)`` and a bounded detail
   residual ``r = residual_scale·tanh(o₂)``; that conv starts at zero, so training starts from the mean of the
   sources. The network chooses between source pixels and adds detail instead of redrawing the image.
+  ``select_gain`` k > 0 adds a fixed prior to the weight's logit, ``w = σ(o₁ + k·(IR − Y))``: training then
+  starts near the pixel-wise maximum (a strong baseline on every fusion metric that rewards kept source
+  intensity, and the intensity loss's target) rather than the mean; k = 0 is the plain blend head.
   ``"direct"``: the fused Y is the sigmoid of a one-channel last conv (drawn from scratch; the first release's
   head, kept for the ablation; weights files without a ``head`` field are this head).
 - Padding: inputs are reflect-padded (replicate where the image is too small to reflect) to a multiple of
@@ -75,6 +78,7 @@ class DiffMFConfig:
     use_spatial_exchange: bool = True  # False: the SEM is replaced by a 1×1 conv of [F_ir^c, F_vi^c]
     head: str = "blend"                # "blend": w·IR + (1-w)·Y + r;  "direct": sigmoid(conv)
     residual_scale: float = 0.5        # blend head: |r| <= residual_scale
+    select_gain: float = 0.0           # blend head: w = sigmoid(o1 + select_gain·(IR − Y)); 0 = no prior
 
     def __post_init__(self):
         if self.dim < 1 or self.stem_channels < 1 or self.d_state < 1 or self.decoder_channels < 1:
@@ -89,6 +93,8 @@ class DiffMFConfig:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if not self.residual_scale >= 0:
             raise ValueError(f"residual_scale must be >= 0, got {self.residual_scale}")
+        if not self.select_gain >= 0:
+            raise ValueError(f"select_gain must be >= 0, got {self.select_gain}")
 
     @property
     def stride_multiple(self) -> int:
@@ -165,6 +171,7 @@ class Decoder(nn.Module):
             width = out
         self.mode = cfg.head
         self.residual_scale = cfg.residual_scale
+        self.select_gain = cfg.select_gain
         self.head = conv3x3(width, 2 if cfg.head == "blend" else 1, **fk)
         if cfg.head == "blend":  # start from the mean of the two sources
             nn.init.zeros_(self.head.weight)
@@ -177,7 +184,10 @@ class Decoder(nn.Module):
         out = self.head(x)
         if self.mode == "direct":
             return torch.sigmoid(out)
-        weight = torch.sigmoid(out[:, :1])
+        logit = out[:, :1]
+        if self.select_gain:
+            logit = logit + self.select_gain * (ir - vis_y)
+        weight = torch.sigmoid(logit)
         residual = self.residual_scale * torch.tanh(out[:, 1:])
         return (weight * ir + (1 - weight) * vis_y + residual).clamp(0, 1)
 

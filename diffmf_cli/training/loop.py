@@ -72,7 +72,7 @@ class TrainSettings:
     log_every: int = 10
     val_sources: list[SourceSpec] = field(default_factory=list)
     val_holdout: int = 0                 # training pairs held out (by name hash) and used for validation
-    init_weights: str | None = None      # start from these weights (fine-tuning); their config must match
+    init_weights: str | None = None      # start from these weights (fine-tuning); their parameters must match
     val_every: int = 500
     val_max_pairs: int = 8
     val_crop: int = 256                  # validation images are centre-cropped to at most this size
@@ -397,13 +397,18 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:
-    """Copy the weights of a diffmf weights file into ``model`` (whose config must be the file's)."""
+    """Copy the weights of a diffmf weights file into ``model``, whose parameters must have the file's names and
+    shapes (a config change that keeps them, e.g. the head's ``select_gain``, is a fine-tuning choice)."""
     from diffmf_cli.weights import load_weights
 
     source, _ = load_weights(path)
-    if source.config != model.config:
-        raise UsageError(f"{path}: its model config differs from this run's (start it with the file's config: "
-                         "give --init without --preset/--model-option)")
+    theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if theirs != ours:
+        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        raise UsageError(f"{path}: its parameters differ from this run's model ({len(changed)} names or shapes, "
+                         f"first {changed[0]}); --init keeps the file's config except options that leave the "
+                         "parameters as they are")
     model.load_state_dict(source.state_dict())
 
 
@@ -604,7 +609,7 @@ class _LogWindow:
         self.steps += 1
         self.sums["loss"] += value
         for k, v in parts.items():
-            self.sums[k] += float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
         return value
 
     def row(self, step: int, lr: float, now: float, wall_time_s: float) -> dict:

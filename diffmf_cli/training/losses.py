@@ -40,12 +40,15 @@ class LossWeights:
     ssim: float = 10.0
     ssim_weighting: str = "gradient"
     gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
+    vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
         if not self.gradient_gain > 0:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
+        if self.vif < 0:
+            raise ValueError(f"vif must be >= 0, got {self.vif}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +96,54 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
     return (num / den).flatten(1).mean(dim=1)
 
 
+#: VIF's noise variance on the 0..255 scale (the evaluator's sigma_n^2) and its epsilon.
+_VIF_SIGMA_NSQ = 2.0
+_VIF_EPS = 1e-10
+
+
+def _gaussian_taps(size: int, device, dtype) -> torch.Tensor:
+    sigma = size / 5.0
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample VIF(ref, F) of two (B, 1, H, W) images in [0, 1] -> (B,), differentiable in ``fused``.
+
+    The evaluator's Sheikh–Bovik pixel-domain VIF (``metrics/vif.py``): four scales, Gaussian windows of
+    2^(5−s)+1 taps (σ = taps/5), 'valid' filtering, low-pass and decimate by 2 between scales, σ_n² = 2 on the
+    0..255 scale, g clamped at 0. Needs H, W >= 41. A flat reference (zero denominator) gives 1, as there.
+    """
+    if min(fused.shape[-2:]) < 41:
+        raise ValueError(f"VIF needs images of at least 41x41, got {tuple(fused.shape[-2:])}")
+    f, r = fused * 255.0, ref * 255.0
+    num = fused.new_zeros(fused.shape[0])
+    den = fused.new_zeros(fused.shape[0])
+    for scale in range(1, 5):
+        size = 2 ** (5 - scale) + 1
+        taps = _gaussian_taps(size, fused.device, fused.dtype)
+        win = (taps[:, None] * taps[None, :]).expand(1, 1, size, size)
+        if scale > 1:
+            f = F.conv2d(f, win)[..., ::2, ::2]
+            r = F.conv2d(r, win)[..., ::2, ::2]
+        # Centre each image (only local (co)variances enter) so E[x²] − E[x]² keeps its precision.
+        fc = f - f.mean(dim=(-2, -1), keepdim=True)
+        rc = r - r.mean(dim=(-2, -1), keepdim=True)
+        b = f.shape[0]
+        mu_f, mu_r, e_ff, e_rr, e_fr = F.conv2d(torch.cat([fc, rc, fc * fc, rc * rc, fc * rc]), win).split(b)
+        var_f = (e_ff - mu_f**2).clamp_min(0)
+        var_r = (e_rr - mu_r**2).clamp_min(0)
+        cov = e_fr - mu_r * mu_f
+        live = ((var_r >= _VIF_EPS) & (var_f >= _VIF_EPS)).to(f.dtype)
+        g = (cov / (var_r + _VIF_EPS)).clamp_min(0) * live
+        sv_sq = (var_f - g * cov).clamp_min(_VIF_EPS) + _VIF_SIGMA_NSQ
+        s1 = var_r * (var_r >= _VIF_EPS).to(f.dtype)
+        num = num + torch.log1p(g * g * s1 / sv_sq).flatten(1).sum(dim=1)
+        den = den + torch.log1p(s1 / _VIF_SIGMA_NSQ).flatten(1).sum(dim=1)
+    return torch.where(den > 0, num / den.clamp_min(_VIF_EPS), torch.ones_like(num))
+
+
 def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
                  grad_ir: torch.Tensor | None = None, grad_vis: torch.Tensor | None = None):
     """Per-sample (w_ir, w_vi), each (B,), summing to 1."""
@@ -125,6 +176,10 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
     structural = (w_ir * ssim(fused, ir) + w_vi * ssim(fused, vis)).mean()
     total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * (1 - structural)
     parts = {"intensity": intensity.detach(), "gradient": gradient.detach(), "ssim": structural.detach()}
+    if weights.vif:
+        fidelity = ((vif(fused, ir) + vif(fused, vis)) / 2).mean()
+        total = total + weights.vif * (1 - fidelity)
+        parts["vif"] = fidelity.detach()
     return total, parts
 
 

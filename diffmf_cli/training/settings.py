@@ -67,6 +67,7 @@ def merge_settings(cli: dict, sources: list[dict], val_sources: list[dict], mode
     replace or extend the file's). ``session`` holds the file's SESSION_KEYS."""
     merged: dict[str, Any] = dict(base or {})
     file_session: dict[str, Any] = {}
+    file_model: dict[str, Any] = {}
     if config_path is not None:
         data = read_config(config_path)
         merged.update({k: data[k] for k in SCALAR_KEYS if k in data})
@@ -76,7 +77,8 @@ def merge_settings(cli: dict, sources: list[dict], val_sources: list[dict], mode
         if "val_source" in data:
             merged["val_sources"] = data["val_source"]
         if "model" in data:
-            merged["model_overrides"] = {**merged.get("model_overrides", {}), **data["model"]}
+            file_model = dict(data["model"])
+            merged["model_overrides"] = {**merged.get("model_overrides", {}), **file_model}
         if data.get("loss"):
             merged["loss"] = {**(merged.get("loss") or {}), **data["loss"]}
     merged.update({k: v for k, v in cli.items() if v is not None})
@@ -86,7 +88,9 @@ def merge_settings(cli: dict, sources: list[dict], val_sources: list[dict], mode
         path = resolve_weights(merged["init_weights"])
         merged["init_weights"] = str(path.resolve())
         meta = read_metadata(path)
-        merged["model_overrides"] = meta["config"]  # the whole config, so the preset below changes nothing
+        # The file's whole config (so the preset below changes nothing), then what this run's config file
+        # changes in it; --model-option comes on top below. _init_from refuses a change of parameter shapes.
+        merged["model_overrides"] = {**meta["config"], **file_model}
         merged["preset"] = meta.get("preset") if isinstance(meta.get("preset"), str) else "cpu"
     if sources:  # sources on the command line replace the file's
         merged["sources"] = sources

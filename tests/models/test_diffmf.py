@@ -57,6 +57,19 @@ def test_blend_head_mixes_sources_and_adds_a_bounded_residual():
         assert model(ir, vi).max() == 1.0
 
 
+def test_select_gain_starts_near_the_pixel_max_and_is_off_by_default():
+    torch.manual_seed(0)
+    assert get_config("tiny").select_gain == 0
+    model = create_model(get_config("tiny").replace(select_gain=200.0)).eval()
+    ir, vi = torch.rand(2, 1, 24, 40), torch.rand(2, 1, 24, 40)
+    keep = (ir - vi).abs() > 0.05  # where the sources differ clearly, σ(200·Δ) picks the brighter one
+    with torch.inference_mode():
+        out = model(ir, vi)
+    torch.testing.assert_close(out[keep], torch.maximum(ir, vi)[keep], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="select_gain"):
+        get_config("tiny").replace(select_gain=-1.0)
+
+
 def test_direct_head_is_selectable_and_is_what_old_files_without_the_field_mean():
     cfg = get_config("tiny").replace(head="direct")
     model = create_model(cfg)

@@ -233,8 +233,18 @@ def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
     _init_from(fresh, str(weights))
     source, _ = load_weights(weights)
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in source.state_dict().items())
-    with pytest.raises(Exception, match="config differs"):
+    with pytest.raises(Exception, match="parameters differ"):
         _init_from(create_model("tiny"), str(weights))
+
+    # A config change that keeps the parameters (the head's prior) is a fine-tuning choice.
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "prior", "--steps", "1", "--init", weights,
+               "--model-option", "select_gain=5", *fast)
+    assert res.exit_code == 0, res.output
+    model, _ = load_weights(RunFiles(tmp_path / "prior").model)
+    assert model.config.select_gain == 5 and model.config.use_guidance is False
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "shapes", "--steps", "1", "--init", weights,
+               "--model-option", "use_guidance=true", *fast)
+    assert res.exit_code == 2 and "parameters differ" in res.output
 
     res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "third", "--init", weights, "--preset", "cpu")
     assert res.exit_code == 2 and "drop --preset" in res.output
