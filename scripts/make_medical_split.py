@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, info in report["types"].items():
         print(f"{kind}: {info['listed']} listed, {info['dropped']} dropped "
               f"({info['dropped_exact']} exact, {info['dropped_near']} near), {info['kept']} kept "
-              f"-> {out_dir / f'harvard_train_{kind}.csv'}")
+              f"({len(info['validation'])} of them for validation) -> {out_dir / f'harvard_train_{kind}.csv'}")
     return 0
 
 

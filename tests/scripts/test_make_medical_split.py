@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from make_medical_split import harvard_train_pairs, pixel_hash  # noqa: E402
+from make_medical_split import harvard_train_pairs, main, pixel_hash  # noqa: E402
 
 
 def test_pixel_hash_ignores_gray_storage():
@@ -50,6 +50,25 @@ def test_medical_split_drops_exact_and_near_copies_of_test_slices(tmp_path):
         assert report["types"][kind]["listed"] == 3
     _, strict = harvard_train_pairs(tmp_path, near=1.01)  # exact matching only
     assert strict["types"]["MRI_CT"]["dropped_names"] == {"0": "exact"}
+
+
+def test_val_per_type_moves_pairs_of_every_type_into_validation_lists(tmp_path):
+    _fake_harvard(tmp_path / "d")
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):  # every slice is a training slice here
+        (tmp_path / "d" / "harvard" / kind / "train_split_xianming-gu.txt").write_text("2.png\n3.png\n")
+    out = tmp_path / "lists"
+    assert main(["--data", str(tmp_path / "d"), "--out", str(out), "--val-per-type", "1"]) == 0
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+        train = (out / f"harvard_train_{kind}.csv").read_text().splitlines()
+        val = (out / f"harvard_val_{kind}.csv").read_text().splitlines()
+        assert train[0] == val[0] == "ir,vis" and len(train) == len(val) == 2
+        assert train[1] != val[1]  # one pair each, never both
+        # The choice depends on the names only: sha1("3") < sha1("2").
+        assert val[1].split(",")[0].endswith("/a/3.png")
+    assert main(["--data", str(tmp_path / "d"), "--out", str(out), "--val-per-type", "-1"]) == 2
+    plain = tmp_path / "plain"
+    assert main(["--data", str(tmp_path / "d"), "--out", str(plain)]) == 0
+    assert not list(plain.glob("harvard_val_*.csv"))
 
 
 @pytest.mark.data
