@@ -41,12 +41,15 @@ class LossWeights:
     ssim_weighting: str = "gradient"
     gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
+    ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
         if not self.gradient_gain > 0:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
+        if self.ssim_form not in ("gaussian", "evaluator"):
+            raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
         if self.vif < 0:
             raise ValueError(f"vif must be >= 0, got {self.vif}")
 
@@ -93,6 +96,22 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
     cov = e_xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    return (num / den).flatten(1).mean(dim=1)
+
+
+def evaluator_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean SSIM of two (B, 1, H, W) images in [0, 1] -> (B,), as the evaluator scores it
+    (``metrics/structural.py``): 7×7 uniform windows, sample covariance, 'valid', on the 0..255 scale with
+    ``data_range = 2`` (C1 = 0.02², C2 = 0.06²: next to nothing, so faint structure counts in full)."""
+    if x.shape[-1] < 7 or x.shape[-2] < 7:
+        raise ValueError(f"SSIM needs images of at least 7x7, got {tuple(x.shape[-2:])}")
+    x, y = x * 255.0, y * 255.0
+    c1, c2, norm = 0.02**2, 0.06**2, 49 / 48
+    w = torch.full((1, 1, 7, 7), 1 / 49, device=x.device, dtype=x.dtype)
+    mu_x, mu_y, e_xx, e_yy, e_xy = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), w).split(x.shape[0])
+    var_x, var_y, cov = e_xx - mu_x**2, e_yy - mu_y**2, e_xy - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * norm * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (norm * (var_x + var_y) + c2)
     return (num / den).flatten(1).mean(dim=1)
 
 
@@ -173,7 +192,8 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
     g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
     gradient = (g_f - weights.gradient_gain * torch.maximum(g_ir, g_vis)).abs().mean()
     w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
-    structural = (w_ir * ssim(fused, ir) + w_vi * ssim(fused, vis)).mean()
+    sim = evaluator_ssim if weights.ssim_form == "evaluator" else ssim
+    structural = (w_ir * sim(fused, ir) + w_vi * sim(fused, vis)).mean()
     total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * (1 - structural)
     parts = {"intensity": intensity.detach(), "gradient": gradient.detach(), "ssim": structural.detach()}
     if weights.vif:

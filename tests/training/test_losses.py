@@ -178,3 +178,21 @@ def test_vif_weight_adds_the_vif_term_and_defaults_to_off():
     assert float(total) == pytest.approx(float(base) + 10 * (1 - float(fidelity)), rel=1e-5)
     with pytest.raises(ValueError, match="vif"):
         LossWeights(vif=-1)
+
+
+def test_evaluator_ssim_form_is_the_metrics_ssim():
+    from diffmf_cli.metrics.structural import ssim_fused
+    from diffmf_cli.training.losses import evaluator_ssim
+
+    ir, vis = _rand(2, 1, 30, 41, seed=25).double(), _rand(2, 1, 30, 41, seed=26).double()
+    for fused in (torch.maximum(ir, vis), (ir + vis) / 2):
+        ours = (evaluator_ssim(fused, ir) + evaluator_ssim(fused, vis)).numpy()
+        for b in range(2):
+            expect = ssim_fused(fused[b, 0].numpy() * 255, ir[b, 0].numpy() * 255, vis[b, 0].numpy() * 255)
+            assert ours[b] == pytest.approx(expect, rel=1e-9)
+    weights = LossWeights(ssim_form="evaluator", ssim_weighting="equal")
+    _, parts = fusion_loss(ir, ir, vis, weights)
+    expect = 0.5 * (evaluator_ssim(ir, ir) + evaluator_ssim(ir, vis)).mean()
+    torch.testing.assert_close(parts["ssim"], expect.float() if parts["ssim"].dtype == torch.float32 else expect)
+    with pytest.raises(ValueError, match="ssim_form"):
+        LossWeights(ssim_form="box")
