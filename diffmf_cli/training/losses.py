@@ -1,4 +1,4 @@
-"""The fusion loss: intensity, gradient and structural (SSIM) terms.
+"""The fusion loss: intensity, gradient and structural (SSIM) terms, and optionally visual information fidelity.
 
 The lineage DIFF-MF's README points to (SwinFusion, MambaDFuse) trains with, for IR–visible pairs,
 
@@ -13,6 +13,11 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
   (equal when both sources are flat);
 - SSIM with an 11×11 Gaussian window (σ = 1.5), C1 = 0.01², C2 = 0.03² for data in [0, 1], "valid"
   convolution (no padding), averaged over each sample.
+- optional, off in the presets: a fourth term ``v·(1 − (VIF(IR,F) + VIF(Y,F))/2)`` with the evaluator's
+  multi-scale pixel-domain VIF computed differentiably (``vif``), and the structural term scored with the
+  evaluator's own SSIM (``ssim_form="evaluator"``: 7×7 box, near-zero constants). VIF rewards keeping each
+  source's local contrast, which the L1 terms do not see; it also rewards amplifying it, so a heavy VIF
+  weight costs SSIM and SCD (measured in the README).
 
 All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
 """

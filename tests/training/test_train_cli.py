@@ -248,3 +248,18 @@ def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
 
     res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "third", "--init", weights, "--preset", "cpu")
     assert res.exit_code == 2 and "drop --preset" in res.output
+
+
+@pytest.mark.parametrize("name", ["ir_vis.toml", "ir_vis_stage2.toml", "medical.toml"])
+def test_committed_training_configs_are_valid(name):
+    """The configs in weights/training/ that the README's training commands use parse into settings."""
+    from pathlib import Path
+
+    from diffmf_cli.models import PRESETS, DiffMFConfig
+    from diffmf_cli.training.losses import LOSS_PRESETS, LossWeights
+    from diffmf_cli.training.settings import read_config
+
+    data = read_config(Path(__file__).resolve().parents[2] / "weights" / "training" / name)
+    task = data.get("task", "ir-vis")
+    LossWeights(**{**LOSS_PRESETS[task].to_dict(), **data.get("loss", {})})
+    DiffMFConfig.from_dict({**PRESETS["cpu"].to_dict(), **data.get("model", {})})
