@@ -39,7 +39,7 @@ from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
 from diffmf_cli.provenance import code_version
 from diffmf_cli.training.data import CropSampler, SourceSpec, hold_out, load_sources, luminance
-from diffmf_cli.training.losses import LOSS_PRESETS, LossWeights, fusion_loss
+from diffmf_cli.training.losses import LOSS_PRESETS, VIF_MIN_SIDE, LossWeights, fusion_loss
 
 CHECKPOINT_FORMAT = "diffmf-train-checkpoint/1"
 TASKS = ("ir-vis", "medical")
@@ -97,7 +97,8 @@ class TrainSettings:
             raise UsageError(f"val-holdout must be >= 0, got {self.val_holdout}")
         if self.crop is not None and self.crop < 16:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
-        self.loss_weights()  # validate early
+        if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
+            raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
 
     @property
     def crop_size(self) -> int:
@@ -287,7 +288,7 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
     losses, sums, counts, failures = [], {}, {}, []
     for name, ir, vis in pairs:
         fused = model(ir, vis).clamp(0, 1)
-        if min(ir.shape[-2:]) >= 11:
+        if min(ir.shape[-2:]) >= (VIF_MIN_SIDE if loss_weights.vif else 11):
             total, _ = fusion_loss(fused, ir, vis, loss_weights)
             losses.append(float(total))
         if compute is not None:

@@ -123,6 +123,8 @@ def evaluator_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 #: VIF's noise variance on the 0..255 scale (the evaluator's sigma_n^2) and its epsilon.
 _VIF_SIGMA_NSQ = 2.0
 _VIF_EPS = 1e-10
+#: Smallest image side VIF's four scales can score.
+VIF_MIN_SIDE = 41
 
 
 def _gaussian_taps(size: int, device, dtype) -> torch.Tensor:
@@ -139,8 +141,8 @@ def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     2^(5−s)+1 taps (σ = taps/5), 'valid' filtering, low-pass and decimate by 2 between scales, σ_n² = 2 on the
     0..255 scale, g clamped at 0. Needs H, W >= 41. A flat reference (zero denominator) gives 1, as there.
     """
-    if min(fused.shape[-2:]) < 41:
-        raise ValueError(f"VIF needs images of at least 41x41, got {tuple(fused.shape[-2:])}")
+    if min(fused.shape[-2:]) < VIF_MIN_SIDE:
+        raise ValueError(f"VIF needs images of at least {VIF_MIN_SIDE}x{VIF_MIN_SIDE}, got {tuple(fused.shape[-2:])}")
     f, r = fused * 255.0, ref * 255.0
     num = fused.new_zeros(fused.shape[0])
     den = fused.new_zeros(fused.shape[0])

@@ -250,6 +250,24 @@ def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
     assert res.exit_code == 2 and "drop --preset" in res.output
 
 
+def test_vif_term_needs_crops_it_can_score(tmp_path):
+    ir, vis = _folders(tmp_path / "d")
+    cfg = tmp_path / "vif.toml"
+    cfg.write_text("[loss]\nvif = 5.0\n")
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "run", "--config", cfg, "--crop", "32", "--steps", "1")
+    assert res.exit_code == 2 and "at least 41 pixels" in res.output
+    assert not (tmp_path / "run").exists()
+    # With crops it can score, the term trains and is logged (validation pairs under 41 px skip the loss only).
+    ir, vis = _folders(tmp_path / "big", size=(56, 64))
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "ok", "--config", cfg, "--preset", "tiny",
+               "--crop", "48", "--batch-size", "2", "--steps", "2", "--log-every", "1", "--threads", "1",
+               "--val-ir", ir, "--val-vis", vis, "--val-every", "2")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in (tmp_path / "ok" / "log.jsonl").read_text().splitlines()]
+    assert all(0 < r["vif"] for r in rows if r["kind"] == "train")
+    assert any(r["kind"] == "val" and "val_loss" in r for r in rows)
+
+
 @pytest.mark.parametrize("name", ["ir_vis.toml", "ir_vis_stage2.toml", "medical.toml"])
 def test_committed_training_configs_are_valid(name):
     """The configs in weights/training/ that the README's training commands use parse into settings."""
