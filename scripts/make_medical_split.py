@@ -145,13 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--near", type=float, default=NEAR_DUPLICATE_CORRELATION,
                         help="correlation at which a slice counts as a test slice (>1: exact matches only)")
     args = parser.parse_args(argv)
+    if args.val_per_type < 0:
+        print("make_medical_split: error: --val-per-type must be >= 0", file=sys.stderr)
+        return 2
     try:
         pairs, report = harvard_train_pairs(args.data, near=args.near)
     except DiffMFError as exc:
         print(f"make_medical_split: error: {exc}", file=sys.stderr)
         return 2
-    if args.val_per_type < 0:
-        print("make_medical_split: error: --val-per-type must be >= 0", file=sys.stderr)
+    short = [kind for kind, kept in pairs.items() if len(kept) <= args.val_per_type]
+    if short:
+        print(f"make_medical_split: error: --val-per-type {args.val_per_type} would leave no training pairs of "
+              f"{', '.join(short)}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     out_dir = args.out.resolve()
@@ -160,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         val = {p.name for p in by_hash[:args.val_per_type]}
         report["types"][kind]["validation"] = sorted(val)
         _write_list(out_dir / f"harvard_train_{kind}.csv", [p for p in kept if p.name not in val], out_dir)
+        val_list = out_dir / f"harvard_val_{kind}.csv"
         if val:
-            _write_list(out_dir / f"harvard_val_{kind}.csv", [p for p in kept if p.name in val], out_dir)
+            _write_list(val_list, [p for p in kept if p.name in val], out_dir)
+        else:  # an earlier run's list would name pairs that are now training pairs
+            val_list.unlink(missing_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for kind, info in report["types"].items():
         print(f"{kind}: {info['listed']} listed, {info['dropped']} dropped "

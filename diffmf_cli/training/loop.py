@@ -72,7 +72,7 @@ class TrainSettings:
     log_every: int = 10
     val_sources: list[SourceSpec] = field(default_factory=list)
     val_holdout: int = 0                 # training pairs held out (by name hash) and used for validation
-    init_weights: str | None = None      # start from these weights (fine-tuning); their parameters must match
+    init_weights: str | None = None      # start from these weights (fine-tuning); see INIT_MAY_CHANGE
     val_every: int = 500
     val_max_pairs: int = 8
     val_crop: int = 256                  # validation images are centre-cropped to at most this size
@@ -397,19 +397,22 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
 
 
+#: Config fields a fine-tune (--init) may change: they act in the output head only, so the file's weights mean
+#: the same in the new network.
+INIT_MAY_CHANGE = ("select_gain", "residual_scale")
+
+
 def _init_from(model: torch.nn.Module, path: str) -> None:
-    """Copy the weights of a diffmf weights file into ``model``, whose parameters must have the file's names and
-    shapes (a config change that keeps them, e.g. the head's ``select_gain``, is a fine-tuning choice)."""
+    """Copy the weights of a diffmf weights file into ``model``, whose config must be the file's except for
+    ``INIT_MAY_CHANGE`` (e.g. the head's ``select_gain``: a fine-tuning choice)."""
     from diffmf_cli.weights import load_weights
 
     source, _ = load_weights(path)
-    theirs = {k: tuple(v.shape) for k, v in source.state_dict().items()}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if theirs != ours:
-        changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-        raise UsageError(f"{path}: its parameters differ from this run's model ({len(changed)} names or shapes, "
-                         f"first {changed[0]}); --init keeps the file's config except options that leave the "
-                         "parameters as they are")
+    theirs, ours = source.config.to_dict(), model.config.to_dict()
+    rewired = sorted(k for k in ours if ours[k] != theirs.get(k) and k not in INIT_MAY_CHANGE)
+    if rewired:
+        raise UsageError(f"{path}: --init may change only {' and '.join(INIT_MAY_CHANGE)} of the file's model "
+                         f"config; this run also changes {', '.join(rewired)}")
     model.load_state_dict(source.state_dict())
 
 

@@ -30,6 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The evaluator's VIF constants (noise variance on the 0..255 scale, epsilon, smallest side it can score).
+from diffmf_cli.metrics.vif import EPS, SIGMA_NSQ
+from diffmf_cli.metrics.vif import MIN_SIDE as VIF_MIN_SIDE
+
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
@@ -55,8 +59,8 @@ class LossWeights:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        if self.vif < 0:
-            raise ValueError(f"vif must be >= 0, got {self.vif}")
+        if not 0 <= self.vif < float("inf"):
+            raise ValueError(f"vif must be a finite number >= 0, got {self.vif}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,11 +124,6 @@ def evaluator_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (num / den).flatten(1).mean(dim=1)
 
 
-#: VIF's noise variance on the 0..255 scale (the evaluator's sigma_n^2) and its epsilon.
-_VIF_SIGMA_NSQ = 2.0
-_VIF_EPS = 1e-10
-#: Smallest image side VIF's four scales can score.
-VIF_MIN_SIDE = 41
 
 
 def _gaussian_taps(size: int, device, dtype) -> torch.Tensor:
@@ -161,13 +160,13 @@ def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         var_f = (e_ff - mu_f**2).clamp_min(0)
         var_r = (e_rr - mu_r**2).clamp_min(0)
         cov = e_fr - mu_r * mu_f
-        live = ((var_r >= _VIF_EPS) & (var_f >= _VIF_EPS)).to(f.dtype)
-        g = (cov / (var_r + _VIF_EPS)).clamp_min(0) * live
-        sv_sq = (var_f - g * cov).clamp_min(_VIF_EPS) + _VIF_SIGMA_NSQ
-        s1 = var_r * (var_r >= _VIF_EPS).to(f.dtype)
+        live = ((var_r >= EPS) & (var_f >= EPS)).to(f.dtype)
+        g = (cov / (var_r + EPS)).clamp_min(0) * live
+        sv_sq = (var_f - g * cov).clamp_min(EPS) + SIGMA_NSQ
+        s1 = var_r * (var_r >= EPS).to(f.dtype)
         num = num + torch.log1p(g * g * s1 / sv_sq).flatten(1).sum(dim=1)
-        den = den + torch.log1p(s1 / _VIF_SIGMA_NSQ).flatten(1).sum(dim=1)
-    return torch.where(den > 0, num / den.clamp_min(_VIF_EPS), torch.ones_like(num))
+        den = den + torch.log1p(s1 / SIGMA_NSQ).flatten(1).sum(dim=1)
+    return torch.where(den > 0, num / den.clamp_min(EPS), torch.ones_like(num))
 
 
 def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",

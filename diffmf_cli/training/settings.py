@@ -82,14 +82,16 @@ def merge_settings(cli: dict, sources: list[dict], val_sources: list[dict], mode
         if data.get("loss"):
             merged["loss"] = {**(merged.get("loss") or {}), **data["loss"]}
     merged.update({k: v for k, v in cli.items() if v is not None})
-    if merged.get("init_weights"):
+    # A resumed run keeps its stored config (its checkpoint holds the weights); only a fresh run, or a resume that
+    # names --init again, reads the file's.
+    if merged.get("init_weights") and (base is None or cli.get("init_weights")):
         from diffmf_cli.weights import read_metadata, resolve_weights
 
         path = resolve_weights(merged["init_weights"])
         merged["init_weights"] = str(path.resolve())
         meta = read_metadata(path)
         # The file's whole config (so the preset below changes nothing), then what this run's config file
-        # changes in it; --model-option comes on top below. _init_from refuses a change of parameter shapes.
+        # changes in it; --model-option comes on top below. _init_from refuses changes beyond the head's options.
         merged["model_overrides"] = {**meta["config"], **file_model}
         merged["preset"] = meta.get("preset") if isinstance(meta.get("preset"), str) else "cpu"
     if sources:  # sources on the command line replace the file's

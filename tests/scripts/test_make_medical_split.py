@@ -66,9 +66,10 @@ def test_val_per_type_moves_pairs_of_every_type_into_validation_lists(tmp_path):
         # The choice depends on the names only: sha1("3") < sha1("2").
         assert val[1].split(",")[0].endswith("/a/3.png")
     assert main(["--data", str(tmp_path / "d"), "--out", str(out), "--val-per-type", "-1"]) == 2
-    plain = tmp_path / "plain"
-    assert main(["--data", str(tmp_path / "d"), "--out", str(plain)]) == 0
-    assert not list(plain.glob("harvard_val_*.csv"))
+    assert main(["--data", str(tmp_path / "d"), "--out", str(out), "--val-per-type", "2"]) == 2  # none left
+    assert main(["--data", str(tmp_path / "d"), "--out", str(out)]) == 0  # again without: the old lists go
+    assert not list(out.glob("harvard_val_*.csv"))
+    assert len((out / "harvard_train_MRI_CT.csv").read_text().splitlines()) == 3
 
 
 @pytest.mark.data

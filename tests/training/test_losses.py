@@ -176,8 +176,9 @@ def test_vif_weight_adds_the_vif_term_and_defaults_to_off():
     fidelity = ((vif(fused, ir) + vif(fused, vis)) / 2).mean()
     torch.testing.assert_close(parts["vif"], fidelity)
     assert float(total) == pytest.approx(float(base) + 10 * (1 - float(fidelity)), rel=1e-5)
-    with pytest.raises(ValueError, match="vif"):
-        LossWeights(vif=-1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="vif"):
+            LossWeights(vif=bad)
 
 
 def test_evaluator_ssim_form_is_the_metrics_ssim():
