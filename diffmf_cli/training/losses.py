@@ -89,23 +89,28 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return (g[:, None] * g[None, :]).expand(1, 1, size, size)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
-         data_range: float = 1.0) -> torch.Tensor:
-    """Per-sample mean SSIM of two (B, 1, H, W) images -> (B,). Needs H, W >= ``window``."""
-    if x.shape[-1] < window or x.shape[-2] < window:
-        raise ValueError(f"SSIM needs images of at least {window}x{window}, got {tuple(x.shape[-2:])}")
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    w = _gaussian_window(window, sigma, x.device, x.dtype)
+def _windowed_ssim(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, c1: float, c2: float,
+                   cov_norm: float = 1.0) -> torch.Tensor:
+    """Per-sample mean of the SSIM map of x, y over the 'valid' positions of window `w` (weights summing to 1);
+    ``cov_norm`` scales the (co)variances (n / (n − 1) for sample statistics)."""
     # One conv over the five maps at once.
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=0)
     mu_x, mu_y, e_xx, e_yy, e_xy = F.conv2d(stack, w).split(x.shape[0], dim=0)
     var_x = e_xx - mu_x**2
     var_y = e_yy - mu_y**2
     cov = e_xy - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    num = (2 * mu_x * mu_y + c1) * (2 * cov_norm * cov + c2)
+    den = (mu_x**2 + mu_y**2 + c1) * (cov_norm * (var_x + var_y) + c2)
     return (num / den).flatten(1).mean(dim=1)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
+         data_range: float = 1.0) -> torch.Tensor:
+    """Per-sample mean SSIM of two (B, 1, H, W) images -> (B,). Needs H, W >= ``window``."""
+    if x.shape[-1] < window or x.shape[-2] < window:
+        raise ValueError(f"SSIM needs images of at least {window}x{window}, got {tuple(x.shape[-2:])}")
+    w = _gaussian_window(window, sigma, x.device, x.dtype)
+    return _windowed_ssim(x, y, w, (0.01 * data_range) ** 2, (0.03 * data_range) ** 2)
 
 
 def evaluator_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,23 +119,8 @@ def evaluator_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ``data_range = 2`` (C1 = 0.02², C2 = 0.06²: next to nothing, so faint structure counts in full)."""
     if x.shape[-1] < 7 or x.shape[-2] < 7:
         raise ValueError(f"SSIM needs images of at least 7x7, got {tuple(x.shape[-2:])}")
-    x, y = x * 255.0, y * 255.0
-    c1, c2, norm = 0.02**2, 0.06**2, 49 / 48
     w = torch.full((1, 1, 7, 7), 1 / 49, device=x.device, dtype=x.dtype)
-    mu_x, mu_y, e_xx, e_yy, e_xy = F.conv2d(torch.cat([x, y, x * x, y * y, x * y]), w).split(x.shape[0])
-    var_x, var_y, cov = e_xx - mu_x**2, e_yy - mu_y**2, e_xy - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * norm * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (norm * (var_x + var_y) + c2)
-    return (num / den).flatten(1).mean(dim=1)
-
-
-
-
-def _gaussian_taps(size: int, device, dtype) -> torch.Tensor:
-    sigma = size / 5.0
-    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    return g / g.sum()
+    return _windowed_ssim(x * 255.0, y * 255.0, w, 0.02**2, 0.06**2, cov_norm=49 / 48)
 
 
 def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -147,8 +137,7 @@ def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     den = fused.new_zeros(fused.shape[0])
     for scale in range(1, 5):
         size = 2 ** (5 - scale) + 1
-        taps = _gaussian_taps(size, fused.device, fused.dtype)
-        win = (taps[:, None] * taps[None, :]).expand(1, 1, size, size)
+        win = _gaussian_window(size, size / 5.0, fused.device, fused.dtype)
         if scale > 1:
             f = F.conv2d(f, win)[..., ::2, ::2]
             r = F.conv2d(r, win)[..., ::2, ::2]
