@@ -18,6 +18,9 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
   evaluator's own SSIM (``ssim_form="evaluator"``: 7×7 box, near-zero constants). VIF rewards keeping each
   source's local contrast, which the L1 terms do not see; it also rewards amplifying it, so a heavy VIF
   weight costs SSIM and SCD (measured in the README).
+- optional, off in the presets: ``s·(1 − SCD/2)`` with SCD = corr(F − Y, IR) + corr(F − IR, Y) per sample
+  (``scd``), which rewards carrying each source's content *in addition to* the other's; the intensity
+  term's max(IR, Y) target alone scores low on it.
 
 All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
 """
@@ -51,6 +54,7 @@ class LossWeights:
     gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
+    scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
@@ -61,6 +65,8 @@ class LossWeights:
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
         if not 0 <= self.vif < float("inf"):
             raise ValueError(f"vif must be a finite number >= 0, got {self.vif}")
+        if not 0 <= self.scd < float("inf"):
+            raise ValueError(f"scd must be a finite number >= 0, got {self.scd}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +164,23 @@ def vif(fused: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(EPS), torch.ones_like(num))
 
 
+def _correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample Pearson correlation of two (B, 1, H, W) images -> (B,); 0 where either is flat."""
+    xc = (x - x.mean(dim=(-2, -1), keepdim=True)).flatten(1)
+    yc = (y - y.mean(dim=(-2, -1), keepdim=True)).flatten(1)
+    var_x, var_y = (xc * xc).sum(dim=1), (yc * yc).sum(dim=1)
+    live = (var_x > 1e-12) & (var_y > 1e-12)
+    r = (xc * yc).sum(dim=1) / torch.sqrt(torch.where(live, var_x * var_y, torch.ones_like(var_x)))
+    return torch.where(live, r, torch.zeros_like(r))
+
+
+def scd(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
+    """Per-sample SCD of (B, 1, H, W) images -> (B,): corr(F − Y, IR) + corr(F − IR, Y), as the evaluator
+    scores it (``metrics/statistics.py``) over the whole image; a flat difference or source counts 0 here
+    (the evaluator gives NaN)."""
+    return _correlation(fused - vis, ir) + _correlation(fused - ir, vis)
+
+
 def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
                  grad_ir: torch.Tensor | None = None, grad_vis: torch.Tensor | None = None):
     """Per-sample (w_ir, w_vi), each (B,), summing to 1."""
@@ -195,6 +218,10 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
         fidelity = ((vif(fused, ir) + vif(fused, vis)) / 2).mean()
         total = total + weights.vif * (1 - fidelity)
         parts["vif"] = fidelity.detach()
+    if weights.scd:
+        difference = scd(fused, ir, vis).mean()
+        total = total + weights.scd * (1 - difference / 2)
+        parts["scd"] = difference.detach()
     return total, parts
 
 

@@ -197,3 +197,47 @@ def test_evaluator_ssim_form_is_the_metrics_ssim():
     torch.testing.assert_close(parts["ssim"], expect.float() if parts["ssim"].dtype == torch.float32 else expect)
     with pytest.raises(ValueError, match="ssim_form"):
         LossWeights(ssim_form="box")
+
+
+def test_scd_term_is_the_evaluators_scd():
+    """The loss's SCD is the metric's (metrics/statistics.py) per sample, differentiable, and 0 where flat."""
+    from diffmf_cli.metrics.statistics import scd as metric_scd
+    from diffmf_cli.training.losses import scd
+
+    ir, vis = _rand(2, 1, 33, 47, seed=27).double(), _rand(2, 1, 33, 47, seed=28).double()
+    for fused in (torch.maximum(ir, vis), (ir + vis) / 2, ir + vis - 0.5):
+        ours = scd(fused, ir, vis).numpy()
+        for b in range(2):
+            expect = metric_scd(fused[b, 0].numpy() * 255, ir[b, 0].numpy() * 255, vis[b, 0].numpy() * 255)
+            assert ours[b] == pytest.approx(expect, rel=1e-9)
+    # The additive fusion is its optimum: F − Y = IR and F − IR = Y, each correlation 1.
+    assert scd(ir + vis, ir, vis).numpy() == pytest.approx([2.0, 2.0])
+    # A flat source (the evaluator: NaN) counts 0 here, without NaN in the gradient.
+    flat = torch.full_like(ir[:1], 0.3)
+    x = ir[:1].clone().requires_grad_()
+    value = scd(x, flat, vis[:1])
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(x.grad).all()
+    # Its gradient against a central difference.
+    x = ((ir + vis) / 2)[:1].requires_grad_()
+    scd(x, ir[:1], vis[:1]).sum().backward()
+    d = _rand(*x.shape, seed=29).double() - 0.5
+    h = 1e-6
+    numeric = (scd(x.detach() + h * d, ir[:1], vis[:1]) - scd(x.detach() - h * d, ir[:1], vis[:1])) / (2 * h)
+    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-5)
+
+
+def test_scd_weight_adds_the_scd_term_and_defaults_to_off():
+    from diffmf_cli.training.losses import scd
+
+    ir, vis = _rand(2, 1, 24, 24, seed=30), _rand(2, 1, 24, 24, seed=31)
+    fused = torch.maximum(ir, vis)
+    base, parts = fusion_loss(fused, ir, vis, LossWeights())
+    assert "scd" not in parts and LossWeights().scd == 0
+    total, parts = fusion_loss(fused, ir, vis, LossWeights(scd=8.0))
+    difference = scd(fused, ir, vis).mean()
+    torch.testing.assert_close(parts["scd"], difference)
+    assert float(total) == pytest.approx(float(base) + 8 * (1 - float(difference) / 2), rel=1e-5)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scd"):
+            LossWeights(scd=bad)
