@@ -63,10 +63,9 @@ class LossWeights:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        if not 0 <= self.vif < float("inf"):
-            raise ValueError(f"vif must be a finite number >= 0, got {self.vif}")
-        if not 0 <= self.scd < float("inf"):
-            raise ValueError(f"scd must be a finite number >= 0, got {self.scd}")
+        for name in ("vif", "scd"):  # the optional terms' weights
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
