@@ -241,3 +241,50 @@ def test_scd_weight_adds_the_scd_term_and_defaults_to_off():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="scd"):
             LossWeights(scd=bad)
+
+
+def test_contrast_term_is_the_shortfall_of_standard_deviation_below_the_maximums():
+    """max(0, 1 − SD(F)/SD(max(IR, Y))) per sample: zero at or above the maximum's contrast, one for a flat F,
+    finite gradients everywhere, and zero where the maximum itself is flat."""
+    from diffmf_cli.training.losses import contrast_shortfall
+
+    ir, vis = _rand(2, 1, 20, 30, seed=40).double(), _rand(2, 1, 20, 30, seed=41).double()
+    top = torch.maximum(ir, vis)
+    assert contrast_shortfall(top, ir, vis).numpy() == pytest.approx([0.0, 0.0])
+    assert contrast_shortfall(0.5 + 1.5 * (top - 0.5), ir, vis).numpy() == pytest.approx([0.0, 0.0])
+    half = 0.5 + 0.5 * (top - top.mean())
+    assert contrast_shortfall(half, ir, vis).numpy() == pytest.approx([0.5, 0.5], rel=1e-9)
+    for b in range(2):
+        expect = 1 - np.std((ir + vis)[b, 0].numpy() / 2) / np.std(top[b, 0].numpy())
+        assert float(contrast_shortfall((ir + vis) / 2, ir, vis)[b]) == pytest.approx(max(expect, 0), rel=1e-9)
+    flat = torch.full_like(ir[:1], 0.4).requires_grad_()
+    value = contrast_shortfall(flat, ir[:1], vis[:1])
+    value.sum().backward()
+    assert float(value) == pytest.approx(1.0, abs=1e-4) and torch.isfinite(flat.grad).all()
+    still = torch.full_like(ir[:1], 0.2)
+    assert float(contrast_shortfall(ir[:1], still, still)) == 0.0
+    # Its gradient against a central difference, below the floor.
+    x = half[:1].clone().requires_grad_()
+    contrast_shortfall(x, ir[:1], vis[:1]).sum().backward()
+    d = _rand(*x.shape, seed=42).double() - 0.5
+    h = 1e-6
+    numeric = (contrast_shortfall(x.detach() + h * d, ir[:1], vis[:1])
+               - contrast_shortfall(x.detach() - h * d, ir[:1], vis[:1])) / (2 * h)
+    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-5)
+
+
+def test_contrast_weight_adds_the_contrast_term_and_defaults_to_off():
+    from diffmf_cli.training.losses import contrast_shortfall
+
+    ir, vis = _rand(2, 1, 24, 24, seed=43), _rand(2, 1, 24, 24, seed=44)
+    fused = (ir + vis) / 2
+    base, parts = fusion_loss(fused, ir, vis, LossWeights())
+    assert "contrast" not in parts and LossWeights().contrast == 0
+    total, parts = fusion_loss(fused, ir, vis, LossWeights(contrast=6.0))
+    shortfall = contrast_shortfall(fused, ir, vis).mean()
+    assert float(shortfall) > 0.1
+    torch.testing.assert_close(parts["contrast"], shortfall)
+    assert float(total) == pytest.approx(float(base) + 6 * float(shortfall), rel=1e-5)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="contrast"):
+            LossWeights(contrast=bad)
