@@ -21,10 +21,6 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
 - optional, off in the presets: ``s·(1 − SCD/2)`` with SCD = corr(F − Y, IR) + corr(F − IR, Y) per sample
   (``scd``), which rewards carrying each source's content *in addition to* the other's; the intensity
   term's max(IR, Y) target alone scores low on it.
-- optional, off in the presets: ``d·max(0, 1 − SD(F)/SD(max(IR, Y)))`` per sample (``contrast``), a floor
-  on global contrast at the pixel maximum's: SCD is highest for the sum of the sources, which flattens
-  scenes whose sources are anti-correlated (bright sky in the visible image, dark in the infrared); this
-  term makes that flattening cost, and is zero while F keeps at least the maximum's standard deviation.
 
 All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
 """
@@ -59,7 +55,6 @@ class LossWeights:
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
     scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
-    contrast: float = 0.0       # weight of max(0, 1 − SD(F) / SD(max(IR, Y))): a floor on global contrast
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
@@ -68,7 +63,7 @@ class LossWeights:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in ("vif", "scd", "contrast"):  # the optional terms' weights
+        for name in ("vif", "scd"):  # the optional terms' weights
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
@@ -185,16 +180,6 @@ def scd(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tenso
     return _correlation(fused - vis, ir) + _correlation(fused - ir, vis)
 
 
-def contrast_shortfall(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tensor:
-    """Per-sample max(0, 1 − SD(F) / SD(max(IR, Y))) of (B, 1, H, W) images -> (B,): how far the fused
-    image's global standard deviation falls short of the pixel maximum's (0 where the maximum is flat)."""
-    sd_f = fused.flatten(1).var(dim=1, unbiased=False).clamp_min(1e-12).sqrt()  # finite gradient when flat
-    sd_max = torch.maximum(ir, vis).flatten(1).std(dim=1, unbiased=False)
-    live = sd_max > 1e-6
-    ratio = sd_f / torch.where(live, sd_max, torch.ones_like(sd_max))
-    return torch.where(live, (1 - ratio).clamp_min(0), torch.zeros_like(ratio))
-
-
 def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
                  grad_ir: torch.Tensor | None = None, grad_vis: torch.Tensor | None = None):
     """Per-sample (w_ir, w_vi), each (B,), summing to 1."""
@@ -236,10 +221,6 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
         difference = scd(fused, ir, vis).mean()
         total = total + weights.scd * (1 - difference / 2)
         parts["scd"] = difference.detach()
-    if weights.contrast:
-        shortfall = contrast_shortfall(fused, ir, vis).mean()
-        total = total + weights.contrast * shortfall
-        parts["contrast"] = shortfall.detach()
     return total, parts
 
 
