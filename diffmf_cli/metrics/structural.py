@@ -95,10 +95,16 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     Per window the MATLAB code builds a pseudo-reference patch r = s * sum_k c_k (I_k - mu_k) with
     c_k = w_k / ed_k (structure weights w_k, strengths ed_k), rescaled by s to norm max(ed), and scores
     q = (2 cov(r, F) + C) / (var(r) + var(F) + C) with Gaussian weights. r is linear in the sources, so with
-    t = c_B / c_A (the rescaling makes the common factor irrelevant):
-        ||r/s||^2 ~ n (var_A + t^2 var_B + 2 t cov_AB) over the box window,
-        var(r) = max(ed)^2 * (gvar_A + t^2 gvar_B + 2 t gcov_AB) / (n Q_box),
-        cov(r, F) = max(ed) * (gcov_AF + t gcov_BF) / sqrt(n Q_box)   (g: Gaussian-weighted).
+    (α, β) = (c_A, c_B) / max(c_A, c_B) (the rescaling makes the common factor irrelevant; dividing by the
+    larger keeps both in [0, 1], where c_B / c_A alone reaches 1e20 beside a flat source and the sum below
+    loses every digit):
+        ||r/s||^2 ~ n (α² var_A + β² var_B + 2αβ cov_AB) over the box window,
+        var(r) = max(ed)^2 * (α² gvar_A + β² gvar_B + 2αβ gcov_AB) / (n Q_box),
+        cov(r, F) = max(ed) * (α gcov_AF + β gcov_BF) / sqrt(n Q_box)   (g: Gaussian-weighted).
+    Where the two weighted sources cancel (Q_box at rounding level against its terms: a window where one
+    source is the other's negative, as in LLVIP's two-level sky), r is 0, as in the reference when its norm
+    is 0: q = C / (var(F) + C). The reference normalises the rounding residue there instead, a value no
+    arithmetic can reproduce.
     """
     k = MEF_WIN
     n = float(k * k)
@@ -123,12 +129,16 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     p = np.minimum(np.tan((0.5 * math.pi) * np.minimum(R, 1.0)), 10.0)
     ed_a = norm_a + 0.001
     ed_b = norm_b + 0.001
-    c_a = (np.exp(p * np.log(ed_a * (1.0 / k))) + _EPS) / ed_a  # w_k = (ed_k / 11)^p + eps; c_k = w_k / ed_k
-    t = (np.exp(p * np.log(ed_b * (1.0 / k))) + _EPS) / ed_b
-    t /= c_a
-    q_box = n * (var_a + t * (t * var_b + 2.0 * cov_ab))
-    # 1 / (n Q_box); Q_box is 0 only where both sources are flat, where r = 0: var(r) = cov(r, F) = 0
-    inv = (live_a | live_b) / np.maximum(q_box, 1e-300)
+    alpha = (np.exp(p * np.log(ed_a * (1.0 / k))) + _EPS) / ed_a  # w_k = (ed_k / 11)^p + eps; c_k = w_k / ed_k
+    beta = (np.exp(p * np.log(ed_b * (1.0 / k))) + _EPS) / ed_b
+    top = np.maximum(alpha, beta)
+    alpha /= top
+    beta /= top
+    terms = alpha * alpha * var_a + beta * beta * var_b
+    q_box = n * (terms + 2.0 * alpha * beta * cov_ab)
+    # 1 / (n Q_box); r = 0 (var(r) = cov(r, F) = 0) where both sources are flat or the two cancel
+    live = (live_a | live_b) & (q_box > 1e-10 * n * terms)
+    inv = live / np.where(live, q_box, 1.0)
     max_ed_sq = np.maximum(ed_a, ed_b)
     max_ed_sq *= max_ed_sq
     # Gaussian-weighted (co)variances of the sources and F over the same windows. Where one source is flat
@@ -142,8 +152,9 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     gcov_bf = sep_valid(B * F, g) - gb * gf
     gvar_f = np.maximum(sep_valid(F * F, g) - gf * gf, 0.0)
     # var(r): clipped to [0, max(ed)^2], the bound the rescaled patch obeys (guards rounding in flat areas)
-    sigma1_sq = np.clip(max_ed_sq * (gvar_a + t * (t * gvar_b + 2.0 * gcov_ab)) * inv, 0.0, max_ed_sq)
-    sigma12 = np.sqrt(max_ed_sq * inv) * (gcov_af + t * gcov_bf)
+    sigma1_sq = np.clip(max_ed_sq * (alpha * alpha * gvar_a + beta * beta * gvar_b + 2.0 * alpha * beta * gcov_ab)
+                        * inv, 0.0, max_ed_sq)
+    sigma12 = np.sqrt(max_ed_sq * inv) * (alpha * gcov_af + beta * gcov_bf)
     C = (MEF_K * 255.0) ** 2
     qmap = (2.0 * sigma12 + C) / (sigma1_sq + gvar_f + C)
     return float(qmap.sum())

@@ -105,6 +105,22 @@ def test_mef_ssim_with_one_flat_source_region_matches_reference_code():
     assert structural.mef_ssim(F, A, B) == pytest.approx(ref.mef_ssim_ref(F, A, B), rel=1e-9)
 
 
+def test_mef_ssim_where_one_source_is_the_others_negative_or_flat_beside_strong_texture():
+    """Regression (LLVIP train pairs scored 1e68 or NaN): a flat region of A beside strong texture in B made
+    the ratio of the two weights ~1e20, and a window where B = const - A made the pseudo-reference's norm
+    cancel to rounding; both now follow the reference code (the second: r = 0, its zero-norm branch)."""
+    A, B = scene(64, 72, 16), scene(64, 72, 17)
+    A[5:35, 30:70] = 200.0                        # flat in A, textured (strong) in B
+    B[5:35, 30:70] = np.clip(B[5:35, 30:70] * 2.5 - 100, 0, 255)
+    two_level = 100.0 + (np.indices((20, 20)).sum(axis=0) % 2)
+    A[40:60, 5:25] = two_level                    # B is A's negative here: every window cancels
+    B[40:60, 5:25] = 201.0 - two_level
+    F = np.round(0.5 * A + 0.5 * B)
+    ours = structural.mef_ssim(F, A, B)
+    assert 0 < ours <= 1
+    assert ours == pytest.approx(ref.mef_ssim_ref(F, A, B), rel=1e-6)
+
+
 # --- independent libraries ------------------------------------------------------------------------------
 
 
