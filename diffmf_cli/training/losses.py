@@ -52,6 +52,7 @@ class LossWeights:
     ssim: float = 10.0
     ssim_weighting: str = "gradient"
     gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
+    gradient_target: str = "sources"  # "sources": max(|∇IR|, |∇Y|); "maximum": |∇ max(IR, Y)|
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
     scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
@@ -61,6 +62,8 @@ class LossWeights:
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
         if not self.gradient_gain > 0:
             raise ValueError(f"gradient_gain must be > 0, got {self.gradient_gain}")
+        if self.gradient_target not in ("sources", "maximum"):
+            raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
         for name in ("vif", "scd"):  # the optional terms' weights
@@ -205,9 +208,11 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
     if not (fused.shape == ir.shape == vis.shape) or fused.dim() != 4 or fused.shape[1] != 1:
         raise ValueError(f"fusion_loss needs three (B, 1, H, W) tensors of one shape, got "
                          f"{tuple(fused.shape)}, {tuple(ir.shape)}, {tuple(vis.shape)}")
-    intensity = (fused - torch.maximum(ir, vis)).abs().mean()
+    top = torch.maximum(ir, vis)
+    intensity = (fused - top).abs().mean()
     g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
-    gradient = (g_f - weights.gradient_gain * torch.maximum(g_ir, g_vis)).abs().mean()
+    g_target = torch.maximum(g_ir, g_vis) if weights.gradient_target == "sources" else sobel_magnitude(top)
+    gradient = (g_f - weights.gradient_gain * g_target).abs().mean()
     w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
     sim = evaluator_ssim if weights.ssim_form == "evaluator" else ssim
     structural = (w_ir * sim(fused, ir) + w_vi * sim(fused, vis)).mean()

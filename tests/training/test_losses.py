@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -241,3 +243,22 @@ def test_scd_weight_adds_the_scd_term_and_defaults_to_off():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="scd"):
             LossWeights(scd=bad)
+
+
+def test_gradient_target_maximum_is_the_gradient_of_the_pixel_maximum():
+    """gradient_target="maximum" aims |∇F| at |∇ max(IR, Y)| (the maximum's own edges: where one source is
+    brighter, the other's texture is not asked for) instead of max(|∇IR|, |∇Y|); the maximum scores 0 on it."""
+    ir, vis = _rand(2, 1, 24, 24, seed=50), _rand(2, 1, 24, 24, seed=51)
+    top = torch.maximum(ir, vis)
+    only = LossWeights(intensity=0.0, gradient=1.0, ssim=0.0)
+    _, parts = fusion_loss(top, ir, vis, dataclasses.replace(only, gradient_target="maximum"))
+    assert float(parts["gradient"]) == pytest.approx(0.0, abs=1e-7)
+    _, parts = fusion_loss(top, ir, vis, only)
+    expect = (sobel_magnitude(top) - torch.maximum(sobel_magnitude(ir), sobel_magnitude(vis))).abs().mean()
+    assert float(parts["gradient"]) == pytest.approx(float(expect), rel=1e-6) and float(expect) > 0.01
+    _, parts = fusion_loss(ir, ir, vis, dataclasses.replace(only, gradient_target="maximum", gradient_gain=2.0))
+    expect = (sobel_magnitude(ir) - 2 * sobel_magnitude(top)).abs().mean()
+    assert float(parts["gradient"]) == pytest.approx(float(expect), rel=1e-6)
+    assert LossWeights().gradient_target == "sources"
+    with pytest.raises(ValueError, match="gradient_target"):
+        LossWeights(gradient_target="fused")
