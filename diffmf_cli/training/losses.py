@@ -9,6 +9,9 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
 
 - ``|∇x| = |Sobel_x * x| + |Sobel_y * x|`` (SwinFusion's form), with reflect padding so a crop's border
   does not read as an edge;
+- the gradient target is max(|∇IR|, |∇Y|) (``gradient_target="sources"``), or with ``"maximum"`` the
+  gradient of the pixel maximum, |∇ max(IR, Y)|, which does not ask for the darker source's texture where
+  the other is brighter (MRI texture inside PET uptake costs VIF(PET, F); measured in the README);
 - w_ir, w_vi are each source's mean gradient magnitude, normalised to sum to 1, **per sample**
   (equal when both sources are flat);
 - SSIM with an 11×11 Gaussian window (σ = 1.5), C1 = 0.01², C2 = 0.03² for data in [0, 1], "valid"
