@@ -1,0 +1,82 @@
+"""scripts/validate_models.py: validation groups from the train splits, the pixel maximum beside every model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from validate_models import cells_below, main  # noqa: E402
+
+
+def _image(seed: int, size=(48, 56)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 256, size, dtype=np.uint8), (7, 7), 2)
+
+
+def _fake_train_splits(root: Path) -> None:
+    """roadscene (two held out, two anti-correlated, two alike), llvip (7 pairs), msrs (2 pairs)."""
+    for ds, names in (("roadscene", ["h1", "h2", "anti1", "anti2", "same1", "same2"]),
+                      ("llvip", [f"{i:02d}" for i in range(7)]), ("msrs", ["m1", "m2"])):
+        for sub in ("ir", "vi"):
+            (root / ds / "train" / sub).mkdir(parents=True)
+        for i, name in enumerate(names):
+            ir = _image(i + 10 * len(ds))
+            vis = 255 - ir if name.startswith("anti") else cv2.addWeighted(ir, 0.7, _image(i + 99), 0.3, 0)
+            cv2.imwrite(str(root / ds / "train" / "ir" / f"{name}.png"), ir)
+            cv2.imwrite(str(root / ds / "train" / "vi" / f"{name}.png"), cv2.merge([vis, vis, vis]))
+
+
+def test_ir_vis_groups_and_json(tmp_path, tiny_weights, capsys):
+    _fake_train_splits(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"validation_pairs": ["h1", "h2"]}))
+    out = tmp_path / "means.json"
+    code = main(["--data", str(tmp_path / "data"), "--run", str(run), "--json", str(out),
+                 f"tiny={tiny_weights}"])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["groups"] == {"roadscene-val": ["h1", "h2"], "roadscene-anti": ["anti1", "anti2"],
+                             "llvip": ["00", "06"], "msrs": ["m1", "m2"]}
+    assert set(doc["means"]) == {"max", "tiny"}
+    # The pixel maximum of a pair and its negative is the brighter of the two: SD and SF are the sources'.
+    assert doc["means"]["max"]["roadscene-anti"]["SD"] > 0
+    assert all(np.isfinite(v) for v in doc["means"]["tiny"]["msrs"].values())
+    printed = capsys.readouterr().out
+    assert "#### roadscene-anti (2 pairs)" in printed and "| tiny |" in printed and "| max |" in printed
+
+
+def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, capsys):
+    lists = tmp_path / "lists"
+    (lists / "img").mkdir(parents=True)
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+        rows = []
+        for i in range(2):
+            a, b = f"img/{kind}_{i}_a.png", f"img/{kind}_{i}_b.png"
+            cv2.imwrite(str(lists / a), _image(i))
+            cv2.imwrite(str(lists / b), _image(i + 50))
+            rows.append({"ir": a, "vis": b})
+        with open(lists / f"harvard_val_{kind}.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, ["ir", "vis"])
+            writer.writeheader()
+            writer.writerows(rows)
+    assert main(["--task", "medical", "--lists", str(lists), f"tiny={tiny_weights}"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("tiny: ") and "cells below the pixel maximum" in last
+
+
+def test_cells_below_and_bad_arguments(tmp_path, tiny_weights, capsys):
+    top = {"CT": {"VIF": 0.6, "SD": 90.0}}
+    assert cells_below({"CT": {"VIF": 0.5, "SD": 91.0}}, top, ("VIF", "SD")) == ["CT VIF"]
+    assert main(["--task", "medical", "--lists", str(tmp_path), f"tiny={tiny_weights}"]) == 2
+    assert "harvard_val_MRI_CT.csv: not found" in capsys.readouterr().err
+    for bad in ("tiny", "max=" + str(tiny_weights), "x=" + str(tmp_path / "missing.safetensors")):
+        assert main(["--data", str(tmp_path), bad]) == 2
+        assert capsys.readouterr().err.startswith("error: ")
