@@ -17,9 +17,10 @@ IR–visible groups (``--task ir-vis``):
 - ``roadscene-anti``: up to 16 RoadScene train pairs (by name) whose infrared and visible luminance are
   **anti-correlated** over the image (Pearson r < −0.5: bright sky dark in the infrared, hot targets on a
   dark visible background). TNO's test pairs are like this (median r = −0.34, 80 % below 0), the other
-  train splits mostly are not (LLVIP: all above 0.18), and a fine-tune that flattens these scenes (the
-  SCD term, README) shows it here and on TNO alike, not on the held-out pairs. The shipped models trained
-  on these pairs, so compare models with each other here, not with the test sets;
+  train splits mostly are not (LLVIP: all above 0.18). It shows a fine-tune that flattens these scenes
+  (the SCD term with 96² crops: MI −32 %, as on TNO), but the shipped models trained on these pairs, so it
+  flatters a fine-tune of them: one that gained MI, SF and AG here lost them on TNO (README). Use it to
+  reject candidates, not to accept them;
 - ``llvip``: every 6th LLVIP train pair (low light, 1280×1024); ``msrs``: the MSRS train pairs.
 
 Medical groups (``--task medical``): the per-type validation lists of
