@@ -103,8 +103,8 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
         cov(r, F) = max(ed) * (α gcov_AF + β gcov_BF) / sqrt(n Q_box)   (g: Gaussian-weighted).
     Where the two weighted sources cancel (Q_box at rounding level against its terms: a window where one
     source is the other's negative, as in LLVIP's two-level sky), r is 0, as in the reference when its norm
-    is 0: q = C / (var(F) + C). The reference normalises the rounding residue there instead, a value no
-    arithmetic can reproduce.
+    is 0: q = C / (var(F) + C). The reference rescales the rounding residue there instead, whose value
+    depends on the order of its additions and cannot be reproduced.
     """
     k = MEF_WIN
     n = float(k * k)

@@ -54,7 +54,7 @@ class LossWeights:
     gradient: float = 20.0
     ssim: float = 10.0
     ssim_weighting: str = "gradient"
-    gradient_gain: float = 1.0  # the gradient target is gradient_gain · max(|∇IR|, |∇Y|)
+    gradient_gain: float = 1.0  # |∇F| is aimed at gradient_gain · the gradient target
     gradient_target: str = "sources"  # "sources": max(|∇IR|, |∇Y|); "maximum": |∇ max(IR, Y)|
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
