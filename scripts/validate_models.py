@@ -32,16 +32,18 @@ issue's medical goals (VIF, Qabf, SSIM, EN, SD, SF, AG).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 
+from diffmf_cli import Fuser
 from diffmf_cli.errors import DiffMFError, UsageError
-from diffmf_cli.io.pairs import Pair, pair_folders
+from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
 from diffmf_cli.metrics.evaluation import read_for_metrics
 from diffmf_cli.metrics.registry import compute_metrics
 
@@ -87,16 +89,19 @@ def medical_groups(lists: Path) -> dict[str, list[Pair]]:
         path = lists / f"harvard_val_{kind}.csv"
         if not path.is_file():
             raise UsageError(f"{path}: not found (write it with scripts/make_medical_split.py --val-per-type N)")
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        groups[kind] = [Pair(Path(r["ir"]).stem, lists / r["ir"], lists / r["vis"]) for r in rows]
+        groups[kind] = read_pair_list(path)
     return groups
 
 
-def score_group(pairs: list[Pair], fuser=None) -> dict[str, float]:
-    """Mean of each metric over `pairs` for a `Fuser` (``None``: the pixel maximum of the two sources)."""
-    import cv2
+def check_groups(groups: dict[str, list[Pair]]) -> None:
+    """UsageError naming the first group without pairs (nothing to score there)."""
+    for name, pairs in groups.items():
+        if not pairs:
+            raise UsageError(f"validation group {name}: no pairs")
 
+
+def score_group(pairs: list[Pair], fuser: Fuser | None = None) -> dict[str, float]:
+    """Mean of each metric over `pairs` for a `Fuser` (``None``: the pixel maximum of the two sources)."""
     rows = []
     for pair in pairs:
         a, _ = read_for_metrics(pair.ir)
@@ -106,7 +111,10 @@ def score_group(pairs: list[Pair], fuser=None) -> dict[str, float]:
         else:
             ir = cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED)
             vis = cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED)
-            fused = fuser.fuse(ir, vis, gray=True).astype(np.float64)
+            out = fuser.fuse(ir, vis, gray=True)
+            fused = out.astype(np.float64)
+            if out.dtype == np.uint16:  # 16-bit sources give a 16-bit fusion: the metrics' 0..255 scale
+                fused = np.round(fused * (255.0 / 65535.0))
         values, _ = compute_metrics(fused, a, b, METRIC_NAMES)
         rows.append([values[k] for k in METRIC_NAMES])
     with np.errstate(all="ignore"):
@@ -155,27 +163,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the means here as JSON")
     args = ap.parse_args(argv)
     try:
-        import torch
-
-        from diffmf_cli import Fuser
-
-        if args.threads:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UsageError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        if args.json is not None and not args.json.parent.is_dir():
+            raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
         models = parse_models(args.models)
         if args.task == "ir-vis":
             record = args.run / "data.json"
-            if not record.is_file():
-                raise UsageError(f"{record}: not found (--run names a training run folder)")
-            held = set(json.loads(record.read_text()).get("validation_pairs", []))
+            try:
+                held = set(json.loads(record.read_text()).get("validation_pairs", []))
+            except FileNotFoundError:
+                raise UsageError(f"{record}: not found (--run names a training run folder)") from None
+            except (OSError, ValueError, AttributeError) as exc:
+                raise UsageError(f"{record}: not a training run's data record ({exc})") from None
             groups = ir_vis_groups(args.data, held)
         else:
             groups = medical_groups(args.lists)
+        check_groups(groups)
         results = {"max": {g: score_group(pairs) for g, pairs in groups.items()}}
         for name, path in models.items():
             fuser = Fuser(weights=path, device="cpu")
             results[name] = {g: score_group(pairs, fuser) for g, pairs in groups.items()}
     except DiffMFError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"validate_models: error: {exc}", file=sys.stderr)
         return 2
     for group, pairs in groups.items():
         print(table(group, len(pairs), results) + "\n")

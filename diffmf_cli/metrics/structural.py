@@ -134,10 +134,11 @@ def _mef_ssim_map_sum(A: np.ndarray, B: np.ndarray, F: np.ndarray) -> float:
     top = np.maximum(alpha, beta)
     alpha /= top
     beta /= top
-    terms = alpha * alpha * var_a + beta * beta * var_b
-    q_box = n * (terms + 2.0 * alpha * beta * cov_ab)
-    # 1 / (n Q_box); r = 0 (var(r) = cov(r, F) = 0) where both sources are flat or the two cancel
-    live = (live_a | live_b) & (q_box > 1e-10 * n * terms)
+    q_box = n * (alpha * alpha * var_a + beta * beta * var_b + 2.0 * alpha * beta * cov_ab)
+    # 1 / (n Q_box); r = 0 (var(r) = cov(r, F) = 0) where both sources are flat or the two cancel: Q_box at
+    # the rounding level of the second moments it was computed from (E[x²] = var + mu²)
+    moments = alpha * alpha * (var_a + mu_a * mu_a) + beta * beta * (var_b + mu_b * mu_b)
+    live = (live_a | live_b) & (q_box > 1e-12 * n * moments)
     inv = live / np.where(live, q_box, 1.0)
     max_ed_sq = np.maximum(ed_a, ed_b)
     max_ed_sq *= max_ed_sq

@@ -46,8 +46,12 @@ def test_ir_vis_groups_and_json(tmp_path, tiny_weights, capsys):
     assert doc["groups"] == {"roadscene-val": ["h1", "h2"], "roadscene-anti": ["anti1", "anti2"],
                              "llvip": ["00", "06"], "msrs": ["m1", "m2"]}
     assert set(doc["means"]) == {"max", "tiny"}
-    # The pixel maximum of a pair and its negative is the brighter of the two: SD and SF are the sources'.
-    assert doc["means"]["max"]["roadscene-anti"]["SD"] > 0
+    # The pixel maximum of a pair and its negative folds it about mid-grey: half the spread of its source.
+    ir = cv2.imread(str(tmp_path / "data/roadscene/train/ir/anti1.png"), cv2.IMREAD_GRAYSCALE).astype(float)
+    folded = np.maximum(ir, 255 - ir)
+    ir2 = cv2.imread(str(tmp_path / "data/roadscene/train/ir/anti2.png"), cv2.IMREAD_GRAYSCALE).astype(float)
+    expect = (folded.std() + np.maximum(ir2, 255 - ir2).std()) / 2
+    assert doc["means"]["max"]["roadscene-anti"]["SD"] == pytest.approx(expect, rel=1e-6)
     assert all(np.isfinite(v) for v in doc["means"]["tiny"]["msrs"].values())
     printed = capsys.readouterr().out
     assert "#### roadscene-anti (2 pairs)" in printed and "| tiny |" in printed and "| max |" in printed
@@ -77,6 +81,21 @@ def test_cells_below_and_bad_arguments(tmp_path, tiny_weights, capsys):
     assert cells_below({"CT": {"VIF": 0.5, "SD": 91.0}}, top, ("VIF", "SD")) == ["CT VIF"]
     assert main(["--task", "medical", "--lists", str(tmp_path), f"tiny={tiny_weights}"]) == 2
     assert "harvard_val_MRI_CT.csv: not found" in capsys.readouterr().err
-    for bad in ("tiny", "max=" + str(tiny_weights), "x=" + str(tmp_path / "missing.safetensors")):
+    for bad, message in (("tiny", "expected NAME=WEIGHTS_FILE"), ("max=" + str(tiny_weights), "not 'max'"),
+                         ("x=" + str(tmp_path / "missing.safetensors"), "weights file not found")):
         assert main(["--data", str(tmp_path), bad]) == 2
-        assert capsys.readouterr().err.startswith("error: ")
+        err = capsys.readouterr().err
+        assert err.startswith("validate_models: error: ") and message in err and err.count("\n") == 1
+    # A run record without held-out pairs, or not JSON: one line, exit 2, before anything is fused.
+    _fake_train_splits(tmp_path / "data")
+    run = tmp_path / "run"
+    run.mkdir()
+    for text, message in (("{}", "roadscene-val: no pairs"), ("not json", "not a training run's data record")):
+        (run / "data.json").write_text(text)
+        assert main(["--data", str(tmp_path / "data"), "--run", str(run), f"tiny={tiny_weights}"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["--threads", "0", f"tiny={tiny_weights}"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert main(["--json", str(tmp_path / "no" / "m.json"), f"tiny={tiny_weights}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
