@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -43,17 +42,19 @@ import torch
 
 from diffmf_cli import Fuser
 from diffmf_cli.errors import DiffMFError, UsageError
+from diffmf_cli.io.files import atomic_write_text
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
 from diffmf_cli.metrics.evaluation import read_for_metrics
 from diffmf_cli.metrics.registry import compute_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_quality import METRICS, markdown_table  # noqa: E402  (the README's columns, the same table)
 
 #: Pearson r of IR and visible luminance below which a pair counts as anti-correlated (**ours**).
 ANTI_CORRELATION = -0.5
 ANTI_PAIRS = 16
 LLVIP_STRIDE = 6
 MEDICAL_TYPES = ("MRI_CT", "MRI_PET", "MRI_SPECT")
-#: The columns of the README's quality tables (the issue's goals).
-METRIC_NAMES = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 MEDICAL_GOALS = ("VIF", "Qabf", "SSIM", "EN", "SD", "SF", "AG")
 DEFAULT_RUN = Path(__file__).resolve().parents[1] / "weights" / "training" / "ir_vis_stage2"
 
@@ -100,40 +101,34 @@ def check_groups(groups: dict[str, list[Pair]]) -> None:
             raise UsageError(f"validation group {name}: no pairs")
 
 
-def score_group(pairs: list[Pair], fuser: Fuser | None = None) -> dict[str, float]:
-    """Mean of each metric over `pairs` for a `Fuser` (``None``: the pixel maximum of the two sources)."""
-    rows = []
+def score_group(pairs: list[Pair], fusers: dict[str, Fuser | None]) -> dict[str, dict[str, float]]:
+    """{method: {metric: mean over `pairs`}} for each `Fuser` (``None``: the pixel maximum of the two
+    sources); each pair's files are read once for all of them."""
+    rows: dict[str, list[list[float]]] = {name: [] for name in fusers}
     for pair in pairs:
         a, _ = read_for_metrics(pair.ir)
         b, _ = read_for_metrics(pair.vis)
-        if fuser is None:
-            fused = np.maximum(a, b)
-        else:
-            ir = cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED)
-            vis = cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED)
-            out = fuser.fuse(ir, vis, gray=True)
-            fused = out.astype(np.float64)
-            if out.dtype == np.uint16:  # 16-bit sources give a 16-bit fusion: the metrics' 0..255 scale
-                fused = np.round(fused * (255.0 / 65535.0))
-        values, _ = compute_metrics(fused, a, b, METRIC_NAMES)
-        rows.append([values[k] for k in METRIC_NAMES])
+        ir = cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED)
+        vis = cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED)
+        for name, fuser in fusers.items():
+            if fuser is None:
+                fused = np.maximum(a, b)
+            else:
+                out = fuser.fuse(ir, vis, gray=True)
+                fused = out.astype(np.float64)
+                if out.dtype == np.uint16:  # 16-bit sources give a 16-bit fusion: the metrics' 0..255 scale
+                    fused = np.round(fused * (255.0 / 65535.0))
+            values, _ = compute_metrics(fused, a, b, METRICS)
+            rows[name].append([values[k] for k in METRICS])
     with np.errstate(all="ignore"):
-        means = np.nanmean(np.array(rows, dtype=np.float64), axis=0)
-    return {k: float(v) for k, v in zip(METRIC_NAMES, means)}
+        means = {name: np.nanmean(np.array(r, dtype=np.float64), axis=0) for name, r in rows.items()}
+    return {name: dict(zip(METRICS, m.tolist())) for name, m in means.items()}
 
 
 def cells_below(scores: dict[str, dict[str, float]], maximum: dict[str, dict[str, float]],
                 metrics=MEDICAL_GOALS) -> list[str]:
     """'GROUP METRIC' for every cell where a model scores below the pixel maximum."""
     return [f"{g} {m}" for g in scores for m in metrics if scores[g][m] < maximum[g][m]]
-
-
-def table(group: str, n: int, results: dict[str, dict[str, dict[str, float]]]) -> str:
-    lines = [f"#### {group} ({n} pairs)", "", "| model | " + " | ".join(METRIC_NAMES) + " |",
-             "|---" * (len(METRIC_NAMES) + 1) + "|"]
-    for name, by_group in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{by_group[group][k]:.3f}" for k in METRIC_NAMES) + " |")
-    return "\n".join(lines)
 
 
 def parse_models(specs: list[str]) -> dict[str, Path]:
@@ -182,15 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             groups = medical_groups(args.lists)
         check_groups(groups)
-        results = {"max": {g: score_group(pairs) for g, pairs in groups.items()}}
-        for name, path in models.items():
-            fuser = Fuser(weights=path, device="cpu")
-            results[name] = {g: score_group(pairs, fuser) for g, pairs in groups.items()}
+        fusers = {"max": None} | {name: Fuser(weights=path, device="cpu") for name, path in models.items()}
+        by_group = {g: score_group(pairs, fusers) for g, pairs in groups.items()}  # group -> method -> metric
     except DiffMFError as exc:
         print(f"validate_models: error: {exc}", file=sys.stderr)
         return 2
     for group, pairs in groups.items():
-        print(table(group, len(pairs), results) + "\n")
+        print(markdown_table(group, by_group[group], len(pairs)))
+    results = {name: {g: by_group[g][name] for g in groups} for name in fusers}  # method -> group -> metric
     if args.task == "medical":
         for name in models:
             below = cells_below(results[name], results["max"])
@@ -198,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"task": args.task, "groups": {g: [p.name for p in ps] for g, ps in groups.items()},
                "models": {k: str(v) for k, v in models.items()}, "means": results}
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -54,7 +54,7 @@ def test_ir_vis_groups_and_json(tmp_path, tiny_weights, capsys):
     assert doc["means"]["max"]["roadscene-anti"]["SD"] == pytest.approx(expect, rel=1e-6)
     assert all(np.isfinite(v) for v in doc["means"]["tiny"]["msrs"].values())
     printed = capsys.readouterr().out
-    assert "#### roadscene-anti (2 pairs)" in printed and "| tiny |" in printed and "| max |" in printed
+    assert "### roadscene-anti (2 pairs)" in printed and "| tiny |" in printed and "| max |" in printed
 
 
 def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, capsys):
