@@ -21,6 +21,9 @@ IR–visible groups (``--task ir-vis``):
   (the SCD term with 96² crops: MI −32 %, as on TNO), but the shipped models trained on these pairs, so it
   flatters a fine-tune of them: one that gained MI, SF and AG here lost them on TNO (README). Use it to
   reject candidates, not to accept them;
+- with ``--ir-lists DIR`` (``scripts/make_ir_vis_split.py``'s output) both RoadScene groups are its
+  ``roadscene_val.csv`` and ``roadscene_anti.csv`` instead: pairs held out of training from the first stage
+  on (models trained on that split never saw them; the shipped ones did);
 - ``llvip``: every 6th LLVIP train pair (low light, 1280×1024); ``msrs``: the MSRS train pairs.
 
 Medical groups (``--task medical``): the per-type validation lists of
@@ -68,16 +71,25 @@ def correlation(pair: Pair) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-def ir_vis_groups(data: Path, held_out: set[str], limit: int = ANTI_PAIRS) -> dict[str, list[Pair]]:
-    """The IR–visible validation groups (see the module docstring) from the train splits under `data`."""
-    roadscene = pair_folders(data / "roadscene/train/ir", data / "roadscene/train/vi").pairs
-    missing = held_out - {p.name for p in roadscene}
-    if missing:
-        raise UsageError(f"held-out pairs not in {data / 'roadscene/train'}: {', '.join(sorted(missing))}")
-    anti = [p for p in roadscene if p.name not in held_out and correlation(p) < ANTI_CORRELATION][:limit]
-    return {
-        "roadscene-val": [p for p in roadscene if p.name in held_out],
-        "roadscene-anti": anti,
+def ir_vis_groups(data: Path, held_out: set[str] | None = None, lists: Path | None = None,
+                  limit: int = ANTI_PAIRS) -> dict[str, list[Pair]]:
+    """The IR–visible validation groups (see the module docstring) from the train splits under `data`:
+    the RoadScene ones from a run's `held_out` names, or from the `lists` of make_ir_vis_split.py."""
+    if lists is not None:
+        roadscene_groups = {}
+        for group, name in (("roadscene-val", "roadscene_val.csv"), ("roadscene-anti", "roadscene_anti.csv")):
+            if not (lists / name).is_file():
+                raise UsageError(f"{lists / name}: not found (write it with scripts/make_ir_vis_split.py)")
+            roadscene_groups[group] = read_pair_list(lists / name)
+    else:
+        held_out = held_out or set()
+        roadscene = pair_folders(data / "roadscene/train/ir", data / "roadscene/train/vi").pairs
+        missing = held_out - {p.name for p in roadscene}
+        if missing:
+            raise UsageError(f"held-out pairs not in {data / 'roadscene/train'}: {', '.join(sorted(missing))}")
+        anti = [p for p in roadscene if p.name not in held_out and correlation(p) < ANTI_CORRELATION][:limit]
+        roadscene_groups = {"roadscene-val": [p for p in roadscene if p.name in held_out], "roadscene-anti": anti}
+    return roadscene_groups | {
         "llvip": pair_folders(data / "llvip/train/ir", data / "llvip/train/vi").pairs[::LLVIP_STRIDE],
         "msrs": pair_folders(data / "msrs/train/ir", data / "msrs/train/vi").pairs,
     }
@@ -152,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root (ir-vis)")
     ap.add_argument("--run", type=Path, default=DEFAULT_RUN,
                     help="training run whose held-out RoadScene pairs form roadscene-val (ir-vis)")
+    ap.add_argument("--ir-lists", type=Path,
+                    help="make_ir_vis_split.py output folder: roadscene-val and roadscene-anti from its lists, "
+                         "held out of training from the start (ir-vis; instead of --run)")
     ap.add_argument("--lists", type=Path, default=Path("runs/medical_lists"),
                     help="make_medical_split.py output folder (medical)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -165,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None and not args.json.parent.is_dir():
             raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
         models = parse_models(args.models)
-        if args.task == "ir-vis":
+        if args.task == "ir-vis" and args.ir_lists is not None:
+            groups = ir_vis_groups(args.data, lists=args.ir_lists)
+        elif args.task == "ir-vis":
             record = args.run / "data.json"
             try:
                 held = set(json.loads(record.read_text()).get("validation_pairs", []))
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"{record}: not found (--run names a training run folder)") from None
             except (OSError, ValueError, AttributeError) as exc:
                 raise UsageError(f"{record}: not a training run's data record ({exc})") from None
-            groups = ir_vis_groups(args.data, held)
+            groups = ir_vis_groups(args.data, held_out=held)
         else:
             groups = medical_groups(args.lists)
         check_groups(groups)
