@@ -9,7 +9,8 @@ writes, in ``--out`` (rows ``ir,vis``, paths relative to the CSV, for ``[[source
 - ``roadscene_anti.csv``: ``--anti`` RoadScene train pairs whose infrared and visible luminance are
   anti-correlated (Pearson r < ``--below``, default −0.5), the ones with the smallest SHA-1 of their names.
   TNO's test pairs are like this (median r = −0.34, 80 % below 0); LLVIP's train pairs never are. Held out
-  from the first training stage on, they predict TNO where a group the model trained on cannot (README);
+  from the first training stage on, they were meant to predict TNO; measured, they did not (the fine-tunes
+  they preferred lost MI, SF and AG on TNO; README, "Shipped weights");
 - ``roadscene_val.csv``: ``--val`` of the remaining pairs, again by smallest SHA-1 of the name;
 - ``roadscene_train.csv``: the rest;
 - ``report.json``: every pair's r and the three groups.

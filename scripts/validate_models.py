@@ -23,7 +23,8 @@ IR–visible groups (``--task ir-vis``):
   reject candidates, not to accept them;
 - with ``--ir-lists DIR`` (``scripts/make_ir_vis_split.py``'s output) both RoadScene groups are its
   ``roadscene_val.csv`` and ``roadscene_anti.csv`` instead: pairs held out of training from the first stage
-  on (models trained on that split never saw them; the shipped ones did);
+  on (models trained on that split never saw them; the shipped ones did). Even so, fine-tunes these groups
+  preferred lost MI, SF and AG on TNO (README): they did not predict the test sets either;
 - ``llvip``: every 6th LLVIP train pair (low light, 1280×1024); ``msrs``: the MSRS train pairs.
 
 Medical groups (``--task medical``): the per-type validation lists of
