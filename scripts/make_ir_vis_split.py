@@ -9,8 +9,8 @@ writes, in ``--out`` (rows ``ir,vis``, paths relative to the CSV, for ``[[source
 - ``roadscene_anti.csv``: ``--anti`` RoadScene train pairs whose infrared and visible luminance are
   anti-correlated (Pearson r < ``--below``, default −0.5), the ones with the smallest SHA-1 of their names.
   TNO's test pairs are like this (median r = −0.34, 80 % below 0); LLVIP's train pairs never are. Held out
-  from the first training stage on, they were meant to predict TNO; measured, they did not (the fine-tunes
-  they preferred lost MI, SF and AG on TNO; README, "Shipped weights");
+  from the first training stage on, they were meant to predict TNO; measured, they did not (the fine-tune
+  they preferred, scored on TNO, lost MI, SF and AG there; README, "Shipped weights");
 - ``roadscene_val.csv``: ``--val`` of the remaining pairs, again by smallest SHA-1 of the name;
 - ``roadscene_train.csv``: the rest;
 - ``report.json``: every pair's r and the three groups.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from make_medical_split import _write_list  # noqa: E402  (the same CSV rows)
 from validate_models import ANTI_CORRELATION, correlation  # noqa: E402
 
 from diffmf_cli.errors import DiffMFError, UsageError  # noqa: E402
+from diffmf_cli.io.files import atomic_write_text  # noqa: E402
 from diffmf_cli.io.pairs import Pair, pair_folders  # noqa: E402
 
 
@@ -72,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     except DiffMFError as exc:
         print(f"make_ir_vis_split: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_dir = args.out.resolve()
-    for name, pairs in groups.items():
-        _write_list(out_dir / f"roadscene_{name}.csv", pairs, out_dir)
-    report = {"below": args.below, "correlation": dict(sorted(r.items())),
+    report = {"below": args.below,  # a flat image's r is NaN: null in the JSON
+              "correlation": {k: (v if math.isfinite(v) else None) for k, v in sorted(r.items())},
               "groups": {name: [p.name for p in pairs] for name, pairs in groups.items()}}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_dir = args.out.resolve()
+        for name, pairs in groups.items():
+            _write_list(out_dir / f"roadscene_{name}.csv", pairs, out_dir)
+        atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        print(f"make_ir_vis_split: error: {args.out}: cannot write the lists ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     for name, pairs in groups.items():
         print(f"roadscene {name}: {len(pairs)} pairs -> {out_dir / f'roadscene_{name}.csv'}")
     return 0

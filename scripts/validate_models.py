@@ -23,8 +23,9 @@ IR–visible groups (``--task ir-vis``):
   reject candidates, not to accept them;
 - with ``--ir-lists DIR`` (``scripts/make_ir_vis_split.py``'s output) both RoadScene groups are its
   ``roadscene_val.csv`` and ``roadscene_anti.csv`` instead: pairs held out of training from the first stage
-  on (models trained on that split never saw them; the shipped ones did). Even so, fine-tunes these groups
-  preferred lost MI, SF and AG on TNO (README): they did not predict the test sets either;
+  on (models trained on that split never saw them; the shipped ones trained on 14 of the 16 anti pairs).
+  Even so, the fine-tune these groups preferred, scored on TNO, lost MI, SF and AG there (README): they did
+  not predict the test sets either;
 - ``llvip``: every 6th LLVIP train pair (low light, 1280×1024); ``msrs``: the MSRS train pairs.
 
 Medical groups (``--task medical``): the per-type validation lists of
@@ -163,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", nargs="+", metavar="NAME=WEIGHTS")
     ap.add_argument("--task", choices=("ir-vis", "medical"), default="ir-vis")
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="data root (ir-vis)")
-    ap.add_argument("--run", type=Path, default=DEFAULT_RUN,
-                    help="training run whose held-out RoadScene pairs form roadscene-val (ir-vis)")
+    ap.add_argument("--run", type=Path,
+                    help="training run whose held-out RoadScene pairs form roadscene-val (ir-vis; default the "
+                         "shipped stage 2)")
     ap.add_argument("--ir-lists", type=Path,
                     help="make_ir_vis_split.py output folder: roadscene-val and roadscene-anti from its lists, "
                          "held out of training from the start (ir-vis; instead of --run)")
@@ -181,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None and not args.json.parent.is_dir():
             raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
         models = parse_models(args.models)
+        if args.ir_lists is not None and (args.run is not None or args.task != "ir-vis"):
+            raise UsageError("--ir-lists replaces --run and is for --task ir-vis only")
         if args.task == "ir-vis" and args.ir_lists is not None:
             groups = ir_vis_groups(args.data, lists=args.ir_lists)
         elif args.task == "ir-vis":
-            record = args.run / "data.json"
+            record = (args.run or DEFAULT_RUN) / "data.json"
             try:
                 held = set(json.loads(record.read_text()).get("validation_pairs", []))
             except FileNotFoundError:

@@ -3,6 +3,7 @@ read back by validate_models.py --ir-lists."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,10 +22,14 @@ def test_split_holds_out_anti_correlated_and_random_pairs(tmp_path, tiny_weights
     out = tmp_path / "lists"
     assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--anti", "1", "--val", "2"]) == 0
     groups = {g: [p.name for p in read_pair_list(out / f"roadscene_{g}.csv")] for g in ("train", "val", "anti")}
-    assert len(groups["anti"]) == 1 and groups["anti"][0] in {"anti1", "anti2"}
-    assert len(groups["val"]) == 2 and len(groups["train"]) == 3
-    everything = sorted(sum(groups.values(), []))
-    assert everything == sorted(["h1", "h2", "anti1", "anti2", "same1", "same2"])  # each pair in one list
+    # Smallest SHA-1 of the name first: the anti-correlated pair first, then the others for validation.
+    names = ["h1", "h2", "anti1", "anti2", "same1", "same2"]
+    by_hash = sorted(names, key=lambda n: hashlib.sha1(n.encode()).hexdigest())
+    anti = [n for n in by_hash if n.startswith("anti")][:1]
+    val = [n for n in by_hash if n not in anti][:2]
+    assert groups["anti"] == anti
+    assert sorted(groups["val"]) == sorted(val)
+    assert sorted(groups["train"]) == sorted(set(by_hash) - set(anti) - set(val))
     report = json.loads((out / "report.json").read_text())
     assert report["correlation"][groups["anti"][0]] < -0.99
     # Deterministic: a second run writes the same lists.
@@ -48,5 +53,13 @@ def test_split_errors_are_one_line(tmp_path, capsys):
         assert main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "o"), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("make_ir_vis_split: error: ") and message in err and err.count("\n") == 1
-    assert validate_models.main(["--data", str(tmp_path / "data"), "--ir-lists", str(tmp_path / "none"),
-                                 "x=" + __file__]) == 2
+    (tmp_path / "afile").write_text("")
+    assert main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "afile"), "--anti", "1", "--val", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "afile: cannot write the lists" in err and err.count("\n") == 1
+    for extra, message in (([], "roadscene_val.csv: not found"), (["--run", str(tmp_path)], "replaces --run"),
+                           (["--task", "medical"], "for --task ir-vis only")):
+        assert validate_models.main(["--data", str(tmp_path / "data"), "--ir-lists", str(tmp_path / "none"),
+                                     *extra, "x=" + __file__]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
