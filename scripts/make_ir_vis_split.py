@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_medical_split import _write_list  # noqa: E402  (the same CSV rows)
+from make_medical_split import write_pair_list  # noqa: E402  (the same CSV rows, paths relative to the list)
 from validate_models import ANTI_CORRELATION, correlation  # noqa: E402
 
 from diffmf_cli.errors import DiffMFError, UsageError  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         out_dir = args.out.resolve()
         for name, pairs in groups.items():
-            _write_list(out_dir / f"roadscene_{name}.csv", pairs, out_dir)
+            write_pair_list(out_dir / f"roadscene_{name}.csv", pairs, out_dir)
         atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     except OSError as exc:
         print(f"make_ir_vis_split: error: {args.out}: cannot write the lists ({exc.strerror or exc})", file=sys.stderr)

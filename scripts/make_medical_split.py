@@ -127,7 +127,8 @@ def harvard_train_pairs(data_root: str | Path,
 
 
 
-def _write_list(path: Path, pairs: list[Pair], out_dir: Path) -> None:
+def write_pair_list(path: Path, pairs: list[Pair], out_dir: Path) -> None:
+    """A pair list CSV (``ir,vis`` rows, paths relative to `out_dir`) that io.pairs.read_pair_list reads back."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["ir", "vis"])
@@ -164,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         by_hash = sorted(kept, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
         val = {p.name for p in by_hash[:args.val_per_type]}
         report["types"][kind]["validation"] = sorted(val)
-        _write_list(out_dir / f"harvard_train_{kind}.csv", [p for p in kept if p.name not in val], out_dir)
+        write_pair_list(out_dir / f"harvard_train_{kind}.csv", [p for p in kept if p.name not in val], out_dir)
         val_list = out_dir / f"harvard_val_{kind}.csv"
         if val:
-            _write_list(val_list, [p for p in kept if p.name in val], out_dir)
+            write_pair_list(val_list, [p for p in kept if p.name in val], out_dir)
         else:  # an earlier run's list would name pairs that are now training pairs
             val_list.unlink(missing_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
