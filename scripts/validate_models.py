@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         models = parse_models(args.models)
         if args.ir_lists is not None and (args.run is not None or args.task != "ir-vis"):
             raise UsageError("--ir-lists replaces --run and is for --task ir-vis only")
-        if args.task == "ir-vis" and args.ir_lists is not None:
+        if args.ir_lists is not None:
             groups = ir_vis_groups(args.data, lists=args.ir_lists)
         elif args.task == "ir-vis":
             record = (args.run or DEFAULT_RUN) / "data.json"
