@@ -24,12 +24,17 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
 - optional, off in the presets: ``s·(1 − SCD/2)`` with SCD = corr(F − Y, IR) + corr(F − IR, Y) per sample
   (``scd``), which rewards carrying each source's content *in addition to* the other's; the intensity
   term's max(IR, Y) target alone scores low on it.
+- optional, off in the presets: ``q·(1 − Qabf)`` with the evaluator's Xydeas–Petrović edge preservation
+  (``qabf``): Sobel strength and angle of each source and of F, the two sigmoids of relative strength and
+  orientation, weighted by each source's strength. Unlike the gradient term it asks for each source's edges
+  at their own strength and orientation, so it penalises amplified edges as well as lost ones.
 
 All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # The evaluator's VIF constants (noise variance on the 0..255 scale, epsilon, smallest side it can score).
+from diffmf_cli.metrics.gradient import Q_DA, Q_DG, Q_KA, Q_KG, Q_TA, Q_TG
 from diffmf_cli.metrics.vif import EPS, SIGMA_NSQ
 from diffmf_cli.metrics.vif import MIN_SIDE as VIF_MIN_SIDE
 
@@ -59,6 +65,7 @@ class LossWeights:
     vif: float = 0.0            # weight of 1 − (VIF(IR,F) + VIF(Y,F)) / 2, the evaluator's VIF made differentiable
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
     scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
+    qabf: float = 0.0           # weight of 1 − Qabf(F; IR, Y), the evaluator's edge preservation made differentiable
 
     def __post_init__(self):
         if self.ssim_weighting not in ("gradient", "equal"):
@@ -69,7 +76,7 @@ class LossWeights:
             raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in ("vif", "scd"):  # the optional terms' weights
+        for name in ("vif", "scd", "qabf"):  # the optional terms' weights
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
@@ -186,6 +193,44 @@ def scd(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tenso
     return _correlation(fused - vis, ir) + _correlation(fused - ir, vis)
 
 
+def _strength_angle(x: torch.Tensor, pad_zeros: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qabf's Sobel strength and angle of a (B, 1, H, W) image, with gradients that stay finite on flat
+    ground: strength sqrt(gx² + gy²), angle atan(gy / gx') with gx' = −gx (the reference convolves), π/2
+    where gx' = 0. ``pad_zeros``: the evaluator's zero border; otherwise 'valid' (a crop's edge is no edge)."""
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1)) if pad_zeros else x, torch.stack([kx, kx.t()]).unsqueeze(1))
+    gx, gy = -g[:, :1], g[:, 1:]
+    sq = gx * gx + gy * gy
+    live = sq > 0
+    strength = torch.where(live, sq.clamp_min(1e-20).sqrt(), torch.zeros_like(sq))
+    # atan(gy / gx) as atan2 on the right half-plane: the same value, and a derivative without 1 / gx².
+    vertical = gx == 0
+    sign = torch.where(gx < 0, -torch.ones_like(gx), torch.ones_like(gx))
+    angle = torch.atan2(torch.where(vertical, torch.ones_like(gy), gy * sign),
+                        torch.where(vertical, torch.ones_like(gx), gx.abs()))
+    return strength, torch.where(vertical, torch.full_like(angle, 0.5 * math.pi), angle)
+
+
+def _edge_preservation(g_src, a_src, g_f, a_f) -> torch.Tensor:
+    ratio = torch.minimum(g_src, g_f) / torch.maximum(g_src, g_f).clamp_min(1e-20)
+    orient = 1 - (a_src - a_f).abs() / (0.5 * math.pi)
+    return (Q_TG * torch.sigmoid(-Q_KG * (ratio - Q_DG))) * (Q_TA * torch.sigmoid(-Q_KA * (orient - Q_DA)))
+
+
+def qabf(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, pad_zeros: bool = False) -> torch.Tensor:
+    """Per-sample Qabf of (B, 1, H, W) images -> (B,), as the evaluator scores it (``metrics/gradient.py``),
+    differentiable in ``fused``: sum(Q_AF g_A + Q_BF g_B) / sum(g_A + g_B). Strength ratios and angles do
+    not depend on the intensity scale, so [0, 1] data gives the 0..255 value. Two differences: where g_src
+    equals g_F exactly the evaluator's ratio is g_F (a quirk; here 1), and both sources flat gives 0 (there
+    NaN). ``pad_zeros=False`` scores the 'valid' interior (needs H, W >= 3)."""
+    g_a, a_a = _strength_angle(ir, pad_zeros)
+    g_b, a_b = _strength_angle(vis, pad_zeros)
+    g_f, a_f = _strength_angle(fused, pad_zeros)
+    num = (_edge_preservation(g_a, a_a, g_f, a_f) * g_a + _edge_preservation(g_b, a_b, g_f, a_f) * g_b)
+    den = (g_a + g_b).flatten(1).sum(dim=1)
+    return num.flatten(1).sum(dim=1) / den.clamp_min(1e-20)
+
+
 def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
                  grad_ir: torch.Tensor | None = None, grad_vis: torch.Tensor | None = None):
     """Per-sample (w_ir, w_vi), each (B,), summing to 1."""
@@ -229,6 +274,10 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
         difference = scd(fused, ir, vis).mean()
         total = total + weights.scd * (1 - difference / 2)
         parts["scd"] = difference.detach()
+    if weights.qabf:
+        edges = qabf(fused, ir, vis).mean()
+        total = total + weights.qabf * (1 - edges)
+        parts["qabf"] = edges.detach()
     return total, parts
 
 

@@ -262,3 +262,61 @@ def test_gradient_target_maximum_is_the_gradient_of_the_pixel_maximum():
     assert LossWeights().gradient_target == "sources"
     with pytest.raises(ValueError, match="gradient_target"):
         LossWeights(gradient_target="fused")
+
+
+def test_qabf_term_is_the_evaluators_qabf():
+    """The loss's Qabf is the metric's (metrics/gradient.py) with its zero border, per sample, on [0, 1] data;
+    differentiable, finite on flat ground, and 'valid' by default (a crop's border is not an edge)."""
+    from diffmf_cli.metrics.gradient import qabf as metric_qabf
+    from diffmf_cli.training.losses import qabf
+
+    ir, vis = _rand(2, 1, 40, 50, seed=40).double(), _rand(2, 1, 40, 50, seed=41).double()
+    ir = torch.nn.functional.avg_pool2d(ir, 3, 1, 1, count_include_pad=False)
+    vis = torch.nn.functional.avg_pool2d(vis, 3, 1, 1, count_include_pad=False)
+    for fused, rel in (((ir + vis) / 2, 1e-6), (0.7 * ir + 0.4 * vis, 1e-6),
+                       # The maximum equals a source on whole regions, where the evaluator's quirk (the
+                       # ratio of equal strengths is g, not 1) scores 0.9994 for our 0.9988.
+                       (torch.maximum(ir, vis), 1e-3)):
+        ours = qabf(fused, ir, vis, pad_zeros=True).numpy()
+        for b in range(2):
+            expect = metric_qabf(fused[b, 0].numpy() * 255, ir[b, 0].numpy() * 255, vis[b, 0].numpy() * 255)
+            assert ours[b] == pytest.approx(expect, rel=rel)
+    # 'valid' (the default) sees no border: adding a constant to F changes nothing there, while the zero
+    # border turns the constant into edges along the frame.
+    shifted = (ir + vis) / 2 + 0.1
+    assert qabf(shifted, ir, vis).numpy() == pytest.approx(qabf((ir + vis) / 2, ir, vis).numpy(), rel=1e-12)
+    assert qabf(shifted, ir, vis, pad_zeros=True)[0] != pytest.approx(float(qabf((ir + vis) / 2, ir, vis,
+                                                                              pad_zeros=True)[0]), rel=1e-3)
+    # A source against itself: ratio 1 and orientation 1 everywhere, the product of the sigmoids' tops.
+    top = 0.9994 / (1 + np.exp(-15 * 0.5)) * 0.9879 / (1 + np.exp(-22 * 0.2))
+    assert qabf(ir, ir, ir).numpy() == pytest.approx([top] * 2, rel=1e-9)
+    # Finite value and gradient on flat ground (zero strength, no angle).
+    flat = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64, requires_grad=True)
+    value = qabf(flat, ir[:1, :, :16, :16], vis[:1, :, :16, :16])
+    value.sum().backward()
+    assert torch.isfinite(value).all() and torch.isfinite(flat.grad).all()
+    # Its gradient against a central difference along a random direction.
+    x = ((ir + vis) / 2)[:1].requires_grad_()
+    qabf(x, ir[:1], vis[:1]).sum().backward()
+    d = _rand(*x.shape, seed=42).double() - 0.5
+    h = 1e-6
+    numeric = (qabf(x.detach() + h * d, ir[:1], vis[:1]) - qabf(x.detach() - h * d, ir[:1], vis[:1])) / (2 * h)
+    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-4)
+
+
+def test_qabf_weight_adds_the_qabf_term_and_defaults_to_off():
+    from diffmf_cli.training.losses import qabf
+
+    ir, vis = _rand(2, 1, 24, 24, seed=43), _rand(2, 1, 24, 24, seed=44)
+    fused = (ir + vis) / 2
+    base, parts = fusion_loss(fused, ir, vis, LossWeights())
+    assert "qabf" not in parts and LossWeights().qabf == 0
+    total, parts = fusion_loss(fused, ir, vis, LossWeights(qabf=12.0))
+    edges = qabf(fused, ir, vis).mean()
+    torch.testing.assert_close(parts["qabf"], edges)
+    assert float(total) == pytest.approx(float(base) + 12 * (1 - float(edges)), rel=1e-5)
+    # Amplified edges score lower than faithful ones: the term does not reward a gradient gain.
+    assert float(qabf(1.5 * ir, ir, ir)[0]) < float(qabf(ir, ir, ir)[0]) - 0.05
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="qabf"):
+            LossWeights(qabf=bad)
