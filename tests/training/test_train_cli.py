@@ -278,7 +278,8 @@ def test_vif_term_needs_crops_it_can_score(tmp_path):
     assert any(r["kind"] == "val" and "val_loss" in r for r in rows)
 
 
-@pytest.mark.parametrize("name", ["ir_vis.toml", "ir_vis_stage2.toml", "medical.toml", "medical_stage2.toml"])
+@pytest.mark.parametrize("name", ["ir_vis.toml", "ir_vis_stage2.toml", "medical.toml", "medical_stage2.toml",
+                                  "medical_stage3.toml"])
 def test_committed_training_configs_are_valid(name):
     """The configs in weights/training/ that the README's training commands use parse into settings (the
     loop's own checks: loss weights, the VIF term's crop size, the model config)."""
