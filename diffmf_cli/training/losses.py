@@ -41,12 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The evaluator's VIF constants (noise variance on the 0..255 scale, epsilon, smallest side it can score).
+# The evaluator's Qabf sigmoids, and its VIF constants (noise variance on the 0..255 scale, epsilon, smallest
+# side it can score).
 from diffmf_cli.metrics.gradient import Q_DA, Q_DG, Q_KA, Q_KG, Q_TA, Q_TG
 from diffmf_cli.metrics.vif import EPS, SIGMA_NSQ
 from diffmf_cli.metrics.vif import MIN_SIDE as VIF_MIN_SIDE
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+# Below this Sobel strength (on [0, 1] data; one grey level's step gives about 0.004) an edge's angle is noise,
+# and its derivative grows as 1 / strength: Qabf's angle passes no gradient there.
+_ANGLE_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -196,19 +200,22 @@ def scd(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor) -> torch.Tenso
 def _strength_angle(x: torch.Tensor, pad_zeros: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Qabf's Sobel strength and angle of a (B, 1, H, W) image, with gradients that stay finite on flat
     ground: strength sqrt(gx² + gy²), angle atan(gy / gx') with gx' = −gx (the reference convolves), π/2
-    where gx' = 0. ``pad_zeros``: the evaluator's zero border; otherwise 'valid' (a crop's edge is no edge)."""
+    where gx' = 0, and no gradient through the angle where the strength is below ``_ANGLE_FLOOR``.
+    ``pad_zeros``: the evaluator's zero border; otherwise 'valid' (a crop's edge is no edge)."""
     kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
     g = F.conv2d(F.pad(x, (1, 1, 1, 1)) if pad_zeros else x, torch.stack([kx, kx.t()]).unsqueeze(1))
     gx, gy = -g[:, :1], g[:, 1:]
     sq = gx * gx + gy * gy
-    live = sq > 0
+    # A flat image's Sobel sums are 0 up to rounding (0.3 is not a binary fraction): count them as 0.
+    live = sq > (4 * torch.finfo(sq.dtype).eps) ** 2
     strength = torch.where(live, sq.clamp_min(1e-20).sqrt(), torch.zeros_like(sq))
     # atan(gy / gx) as atan2 on the right half-plane: the same value, and a derivative without 1 / gx².
     vertical = gx == 0
     sign = torch.where(gx < 0, -torch.ones_like(gx), torch.ones_like(gx))
     angle = torch.atan2(torch.where(vertical, torch.ones_like(gy), gy * sign),
                         torch.where(vertical, torch.ones_like(gx), gx.abs()))
-    return strength, torch.where(vertical, torch.full_like(angle, 0.5 * math.pi), angle)
+    angle = torch.where(vertical, torch.full_like(angle, 0.5 * math.pi), angle)
+    return strength, torch.where(strength < _ANGLE_FLOOR, angle.detach(), angle)
 
 
 def _edge_preservation(g_src, a_src, g_f, a_f) -> torch.Tensor:
@@ -220,9 +227,12 @@ def _edge_preservation(g_src, a_src, g_f, a_f) -> torch.Tensor:
 def qabf(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, pad_zeros: bool = False) -> torch.Tensor:
     """Per-sample Qabf of (B, 1, H, W) images -> (B,), as the evaluator scores it (``metrics/gradient.py``),
     differentiable in ``fused``: sum(Q_AF g_A + Q_BF g_B) / sum(g_A + g_B). Strength ratios and angles do
-    not depend on the intensity scale, so [0, 1] data gives the 0..255 value. Two differences: where g_src
-    equals g_F exactly the evaluator's ratio is g_F (a quirk; here 1), and both sources flat gives 0 (there
-    NaN). ``pad_zeros=False`` scores the 'valid' interior (needs H, W >= 3)."""
+    not depend on the intensity scale, so [0, 1] data gives the 0..255 value. Three differences: where g_src
+    equals g_F exactly the evaluator's ratio is g_F (a quirk; here 1); both sources flat gives 0 (there NaN);
+    and by default (``pad_zeros=False``, for training crops, whose edges are no edges) only the 'valid'
+    interior is scored, where the evaluator pads with zeros (``pad_zeros=True``). Needs H, W >= 3."""
+    if min(fused.shape[-2:]) < 3:
+        raise ValueError(f"Qabf needs images of at least 3x3, got {tuple(fused.shape[-2:])}")
     g_a, a_a = _strength_angle(ir, pad_zeros)
     g_b, a_b = _strength_angle(vis, pad_zeros)
     g_f, a_f = _strength_angle(fused, pad_zeros)

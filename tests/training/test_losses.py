@@ -281,6 +281,17 @@ def test_qabf_term_is_the_evaluators_qabf():
         for b in range(2):
             expect = metric_qabf(fused[b, 0].numpy() * 255, ir[b, 0].numpy() * 255, vis[b, 0].numpy() * 255)
             assert ours[b] == pytest.approx(expect, rel=rel)
+    # Whole grey levels (0..255, where Sobel sums are exact) with horizontal stripes: gx is exactly 0 over most
+    # of the IR image, where the angle convention (gx negated, π/2 at gx = 0) decides the score; F equals
+    # neither source.
+    rows = torch.arange(40, dtype=torch.float64)[:, None].expand(40, 50)
+    stripes = torch.round(127 + 100 * torch.sin(rows / 3)).expand(2, 1, 40, 50)
+    grey = torch.round(vis * 255)
+    for fused in (torch.round((0.6 * stripes + 0.5 * grey).clamp(0, 255)), torch.round((stripes + grey.flip(-1)) / 2)):
+        ours = qabf(fused, stripes, grey, pad_zeros=True).numpy()
+        for b in range(2):
+            expect = metric_qabf(fused[b, 0].numpy(), stripes[b, 0].numpy(), grey[b, 0].numpy())
+            assert ours[b] == pytest.approx(expect, rel=5e-4)
     # 'valid' (the default) sees no border: adding a constant to F changes nothing there, while the zero
     # border turns the constant into edges along the frame.
     shifted = (ir + vis) / 2 + 0.1
@@ -290,11 +301,24 @@ def test_qabf_term_is_the_evaluators_qabf():
     # A source against itself: ratio 1 and orientation 1 everywhere, the product of the sigmoids' tops.
     top = 0.9994 / (1 + np.exp(-15 * 0.5)) * 0.9879 / (1 + np.exp(-22 * 0.2))
     assert qabf(ir, ir, ir).numpy() == pytest.approx([top] * 2, rel=1e-9)
-    # Finite value and gradient on flat ground (zero strength, no angle).
+    # Flat ground: an exactly flat F gets no gradient (|∇F| has a kink at 0), a nearly flat one a bounded
+    # gradient that asks for the sources' edges (the angle's 1 / strength derivative is cut off there), and
+    # flat sources score 0 (the evaluator: NaN), all finite.
+    crop = (slice(None), slice(None), slice(0, 16), slice(0, 16))
     flat = torch.full((1, 1, 16, 16), 0.3, dtype=torch.float64, requires_grad=True)
-    value = qabf(flat, ir[:1, :, :16, :16], vis[:1, :, :16, :16])
+    value = qabf(flat, ir[:1][crop], vis[:1][crop])
     value.sum().backward()
-    assert torch.isfinite(value).all() and torch.isfinite(flat.grad).all()
+    assert torch.isfinite(value).all() and float(flat.grad.abs().max()) == 0.0
+    for dtype in (torch.float64, torch.float32):
+        near = (0.3 + 1e-5 * _rand(1, 1, 16, 16, seed=45)).to(dtype).requires_grad_()
+        qabf(near, ir[:1][crop].to(dtype), vis[:1][crop].to(dtype)).sum().backward()
+        assert torch.isfinite(near.grad).all() and 0 < float(near.grad.abs().max()) < 1
+    x = ir[:1][crop].clone().requires_grad_()
+    value = qabf(x, flat.detach(), flat.detach())
+    value.sum().backward()
+    assert float(value.detach()) == 0.0 and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="3x3"):
+        qabf(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
     # Its gradient against a central difference along a random direction.
     x = ((ir + vis) / 2)[:1].requires_grad_()
     qabf(x, ir[:1], vis[:1]).sum().backward()
