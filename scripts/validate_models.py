@@ -4,7 +4,7 @@
     python scripts/validate_models.py --task ir-vis --data ../shared/data \
         stage2=weights/diffmf_ir_vis.safetensors candidate=runs/cand.safetensors
     python scripts/validate_models.py --task medical --lists runs/medical_lists \
-        stage2=weights/diffmf_medical.safetensors candidate=runs/cand.safetensors
+        shipped=weights/diffmf_medical.safetensors candidate=runs/cand.safetensors
 
 Each group is fused at full size (``--gray``, as `scripts/eval_quality.py` fuses the test sets) and scored
 with the metrics of `diffmf evaluate` (default convention); one table per group, every model beside the
