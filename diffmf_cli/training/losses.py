@@ -72,6 +72,10 @@ class LossWeights:
     qabf: float = 0.0           # weight of 1 − Qabf(F; IR, Y), the evaluator's edge preservation made differentiable
 
     def __post_init__(self):
+        for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if self.ssim_weighting not in ("gradient", "equal"):
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
         if not self.gradient_gain > 0:
@@ -80,7 +84,7 @@ class LossWeights:
             raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in ("vif", "scd", "qabf"):  # the optional terms' weights
+        for name in ("intensity", "gradient", "ssim", "vif", "scd", "qabf"):  # the terms' weights
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 

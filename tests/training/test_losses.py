@@ -123,6 +123,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
     assert np.isclose(LossWeights().to_dict()["intensity"], 20.0)
+    # A weight from a TOML file may be anything: a one-line error names it (not a TypeError from a comparison).
+    for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf"):
+        for bad in ("lots", True, None):
+            with pytest.raises(ValueError, match=f"{name} must be a number, got {bad!r}"):
+                LossWeights(**{name: bad})
+    for name in ("intensity", "gradient", "ssim"):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number >= 0"):
+            LossWeights(**{name: -1.0})
 
 
 def test_gradient_gain_scales_the_gradient_target():
