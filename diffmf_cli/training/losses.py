@@ -99,13 +99,15 @@ LOSS_PRESETS: dict[str, LossWeights] = {
 }
 
 
+def _sobel(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 2, H − 2, W − 2): the 'valid' correlations with Sobel_x and Sobel_y."""
+    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
+    return F.conv2d(x, torch.stack([kx, kx.t()]).unsqueeze(1))  # kernel (2, 1, 3, 3)
+
+
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) -> (B, 1, H, W): |Sobel_x * x| + |Sobel_y * x| with reflect padding (H, W >= 2)."""
-    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
-    kernel = torch.stack([kx, kx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
-    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    g = F.conv2d(padded, kernel)
-    return g.abs().sum(dim=1, keepdim=True)
+    return _sobel(F.pad(x, (1, 1, 1, 1), mode="reflect")).abs().sum(dim=1, keepdim=True)
 
 
 def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
@@ -206,8 +208,7 @@ def _strength_angle(x: torch.Tensor, pad_zeros: bool) -> tuple[torch.Tensor, tor
     ground: strength sqrt(gx² + gy²), angle atan(gy / gx') with gx' = −gx (the reference convolves), π/2
     where gx' = 0, and no gradient through the angle where the strength is below ``_ANGLE_FLOOR``.
     ``pad_zeros``: the evaluator's zero border; otherwise 'valid' (a crop's edge is no edge)."""
-    kx = _SOBEL_X.to(device=x.device, dtype=x.dtype)
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1)) if pad_zeros else x, torch.stack([kx, kx.t()]).unsqueeze(1))
+    g = _sobel(F.pad(x, (1, 1, 1, 1)) if pad_zeros else x)
     gx, gy = -g[:, :1], g[:, 1:]
     sq = gx * gx + gy * gy
     # A flat image's Sobel sums are 0 up to rounding (0.3 is not a binary fraction): count them as 0.

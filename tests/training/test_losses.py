@@ -24,6 +24,16 @@ def _rand(*shape, seed=0):
     return torch.rand(*shape, generator=g)
 
 
+def _assert_gradient_matches_central_difference(f, x, seed, h, rel):
+    """autograd's derivative of f(x).sum() along a random direction against a central difference (a full
+    gradcheck of thousands of inputs would take minutes)."""
+    x = x.detach().requires_grad_()
+    f(x).sum().backward()
+    d = _rand(*x.shape, seed=seed).double() - 0.5
+    numeric = (f(x.detach() + h * d) - f(x.detach() - h * d)).sum() / (2 * h)
+    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=rel)
+
+
 def test_identical_sources_and_output_give_zero_loss():
     x = _rand(2, 1, 32, 32)
     total, parts = fusion_loss(x.clone(), x, x)
@@ -163,14 +173,7 @@ def test_vif_term_is_the_evaluators_vif():
     assert float(vif(ir, ir)[0]) == pytest.approx(1.0, rel=1e-9)
     flat = torch.zeros(1, 1, 48, 48, dtype=torch.float64)
     assert float(vif(ir[:1, :, :48, :48], flat)) == 1.0  # a flat reference counts 1, as in the evaluator
-    # Its gradient against a central difference along a random direction (a full gradcheck of 4,608 inputs
-    # would take minutes).
-    x = ((ir + vis) / 2)[:1].requires_grad_()
-    vif(x, ir[:1]).sum().backward()
-    d = _rand(*x.shape, seed=24).double() - 0.5
-    h = 1e-5
-    numeric = (vif(x.detach() + h * d, ir[:1]) - vif(x.detach() - h * d, ir[:1])) / (2 * h)
-    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-4)
+    _assert_gradient_matches_central_difference(lambda x: vif(x, ir[:1]), ((ir + vis) / 2)[:1], 24, 1e-5, 1e-4)
     with pytest.raises(ValueError, match="41"):
         vif(torch.zeros(1, 1, 40, 64), torch.zeros(1, 1, 40, 64))
 
@@ -228,13 +231,8 @@ def test_scd_term_is_the_evaluators_scd():
     value = scd(x, flat, vis[:1])
     value.sum().backward()
     assert torch.isfinite(value).all() and torch.isfinite(x.grad).all()
-    # Its gradient against a central difference.
-    x = ((ir + vis) / 2)[:1].requires_grad_()
-    scd(x, ir[:1], vis[:1]).sum().backward()
-    d = _rand(*x.shape, seed=29).double() - 0.5
-    h = 1e-6
-    numeric = (scd(x.detach() + h * d, ir[:1], vis[:1]) - scd(x.detach() - h * d, ir[:1], vis[:1])) / (2 * h)
-    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-5)
+    _assert_gradient_matches_central_difference(lambda x: scd(x, ir[:1], vis[:1]), ((ir + vis) / 2)[:1], 29,
+                                                1e-6, 1e-5)
 
 
 def test_scd_weight_adds_the_scd_term_and_defaults_to_off():
@@ -327,13 +325,8 @@ def test_qabf_term_is_the_evaluators_qabf():
     assert float(value.detach()) == 0.0 and torch.isfinite(x.grad).all()
     with pytest.raises(ValueError, match="3x3"):
         qabf(torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8))
-    # Its gradient against a central difference along a random direction.
-    x = ((ir + vis) / 2)[:1].requires_grad_()
-    qabf(x, ir[:1], vis[:1]).sum().backward()
-    d = _rand(*x.shape, seed=42).double() - 0.5
-    h = 1e-6
-    numeric = (qabf(x.detach() + h * d, ir[:1], vis[:1]) - qabf(x.detach() - h * d, ir[:1], vis[:1])) / (2 * h)
-    assert float((x.grad * d).sum()) == pytest.approx(float(numeric), rel=1e-4)
+    _assert_gradient_matches_central_difference(lambda x: qabf(x, ir[:1], vis[:1]), ((ir + vis) / 2)[:1], 42,
+                                                1e-6, 1e-4)
 
 
 def test_qabf_weight_adds_the_qabf_term_and_defaults_to_off():
