@@ -70,6 +70,8 @@ def train_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps in all (default 10000)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 8)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size (default 128 ir-vis, 64 medical)."),
+    scale_jitter: Optional[float] = typer.Option(None, "--scale-jitter", help="Rescale each crop by a random "
+                                                 "factor in [1/(1+J), 1+J] (default 0 = off)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) (default 2e-4)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or constant, after "
                                            "warmup."),
@@ -114,7 +116,8 @@ def train_command(
         else:
             cli = {
                 "task": "medical" if medical else task, "preset": preset, "steps": steps,
-                "batch_size": batch_size, "crop": crop, "lr": lr, "schedule": schedule,
+                "batch_size": batch_size, "crop": crop, "scale_jitter": scale_jitter, "lr": lr,
+                "schedule": schedule,
                 "warmup_steps": warmup_steps, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
                 "checkpoint_every": checkpoint_every, "log_every": log_every, "val_every": val_every,
                 "val_holdout": val_holdout,

@@ -22,6 +22,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -133,17 +134,23 @@ class CropSampler:
     """Random training crops, a pure function of ``(seed, step)``.
 
     ``batch(step, batch_size)`` -> ``(ir, vis_y)``, each a float32 tensor (B, 1, crop, crop) in [0, 1].
+    ``scale_jitter`` j > 0 rescales each crop: a square window of side ``crop·s`` (s log-uniform in
+    [1/(1+j), 1+j], at most the image) resized to ``crop`` (bilinear up, area down), so the model also sees
+    edges that have been resampled, as in images that were resized or re-saved before they reach it.
     """
 
     def __init__(self, sources: list[list[PairImages]], crop: int, seed: int,
-                 weights: list[float | None] | None = None):
+                 weights: list[float | None] | None = None, scale_jitter: float = 0.0):
         if not sources or any(not s for s in sources):
             raise UsageError("every training source needs at least one pair")
         if crop < 8:
             raise UsageError(f"crop size must be at least 8, got {crop}")
+        if not 0 <= scale_jitter <= 1:
+            raise UsageError(f"scale jitter must be in [0, 1], got {scale_jitter}")
         self.sources = sources
         self.crop = crop
         self.seed = seed
+        self.scale_jitter = scale_jitter
         defaults = default_source_weights(sources)
         given = list(weights) if weights is not None else [None] * len(sources)
         if len(given) != len(sources):
@@ -170,15 +177,27 @@ class CropSampler:
             src = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
             pair = src[int(rng.integers(len(src)))]
             h, w = pair.ir.shape[:2]
-            y = int(rng.integers(h - c + 1))
-            x = int(rng.integers(w - c + 1))
+            side = c
+            if self.scale_jitter:  # drawn only when on: runs without it keep their crops
+                span = math.log1p(self.scale_jitter)
+                side = min(h, w, max(8, round(c * math.exp(rng.uniform(-span, span)))))
+            y = int(rng.integers(h - side + 1))
+            x = int(rng.integers(w - side + 1))
             k = int(rng.integers(4))
             flip = bool(rng.integers(2))
-            ir = to_float(pair.ir[y:y + c, x:x + c])
-            vis = luminance(pair.vis[y:y + c, x:x + c])
+            ir = to_float(pair.ir[y:y + side, x:x + side])
+            vis = luminance(pair.vis[y:y + side, x:x + side])
+            if side != c:
+                ir, vis = _resize(ir, c), _resize(vis, c)
             ir_out[i, 0] = _dihedral(ir, k, flip)
             vis_out[i, 0] = _dihedral(vis, k, flip)
         return torch.from_numpy(ir_out), torch.from_numpy(vis_out)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """float32 (H, W) in [0, 1] -> (size, size): bilinear when enlarging, area averaging when shrinking."""
+    mode = cv2.INTER_LINEAR if size > img.shape[0] else cv2.INTER_AREA
+    return np.clip(cv2.resize(img, (size, size), interpolation=mode), 0.0, 1.0)
 
 
 def _dihedral(img: np.ndarray, k: int, flip: bool) -> np.ndarray:

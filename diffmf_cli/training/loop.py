@@ -59,6 +59,7 @@ class TrainSettings:
     steps: int = 10000
     batch_size: int = 8
     crop: int | None = None              # None: 128 for ir-vis, 64 for medical
+    scale_jitter: float = 0.0            # crops rescaled by up to 1 + this (see CropSampler); 0 = off
     lr: float = 2e-4
     schedule: str = "cosine"             # "cosine" (to min_lr_ratio·lr) or "constant", after a linear warmup
     warmup_steps: int = 100
@@ -97,6 +98,9 @@ class TrainSettings:
             raise UsageError(f"val-holdout must be >= 0, got {self.val_holdout}")
         if self.crop is not None and self.crop < 16:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
+        if isinstance(self.scale_jitter, bool) or not isinstance(self.scale_jitter, (int, float)) \
+                or not 0 <= self.scale_jitter <= 1:
+            raise UsageError(f"scale-jitter must be a number in [0, 1], got {self.scale_jitter!r}")
         if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
 
@@ -453,7 +457,7 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     weights = [s.weight for s in settings.sources]
     if ckpt is not None:
         weights = _recorded_weights(files, listed, weights)
-    sampler = CropSampler(images, settings.crop_size, settings.seed, weights)
+    sampler = CropSampler(images, settings.crop_size, settings.seed, weights, settings.scale_jitter)
     val_pairs = load_validation(settings, held)
 
     state = _TrainingState.create(settings, cfg, ckpt, files)

@@ -72,6 +72,50 @@ def test_all_eight_dihedral_transforms_occur_and_are_exact(tmp_path):
     assert seen == expected
 
 
+def test_scale_jitter_resamples_windows_deterministically(tmp_path):
+    spec = _write_pairs(tmp_path / "a", n=2, size=(64, 80))
+    images, _ = load_sources([spec], 16)
+    plain, jit = CropSampler(images, 16, seed=3), CropSampler(images, 16, seed=3, scale_jitter=0.5)
+    assert torch.equal(plain.batch(4, 3)[0], CropSampler(images, 16, seed=3, scale_jitter=0.0).batch(4, 3)[0])
+    again = CropSampler(load_sources([spec], 16)[0], 16, seed=3, scale_jitter=0.5)
+    resampled = 0
+    for step in range(30):
+        ir, vis = jit.batch(step, 2)
+        assert ir.shape == (2, 1, 16, 16) and 0 <= float(ir.min()) and float(ir.max()) <= 1
+        assert torch.equal(ir, again.batch(step, 2)[0])
+        assert torch.allclose(vis, 1 - ir, atol=1e-5)  # both sources get the same window and resize
+        # The sources hold whole grey levels; a resampled window shows values between them.
+        resampled += bool((ir * 255 - torch.round(ir * 255)).abs().max() > 1e-3)
+    assert 10 < resampled < 60
+
+
+def test_scale_jitter_window_is_a_resize_of_the_image(tmp_path):
+    """On a linear ramp every window, resized, is again a ramp: its slope tells the window's side."""
+    root = tmp_path / "r"
+    (root / "ir").mkdir(parents=True)
+    (root / "vi").mkdir()
+    ramp = np.tile((np.arange(200) * 255 // 199).astype(np.uint8), (200, 1))
+    cv2.imwrite(str(root / "ir" / "x.png"), ramp)
+    cv2.imwrite(str(root / "vi" / "x.png"), ramp)
+    images, _ = load_sources([SourceSpec(ir=str(root / "ir"), vis=str(root / "vi"))], 32)
+    slopes = []
+    for step in range(40):
+        ir, _ = CropSampler(images, 32, seed=0, scale_jitter=1.0).batch(step, 1)
+        img = ir[0, 0].numpy()
+        line = img[16] if np.ptp(img[16]) > np.ptp(img[:, 16]) else img[:, 16]
+        slopes.append(np.abs(np.diff(line[4:-4])).mean() * 255)  # grey levels per output pixel
+    # The ramp climbs 1.28 levels per source pixel; a window of side 32·s shows 1.28·s per output pixel.
+    assert 1.28 / 2 * 0.9 < min(slopes) and max(slopes) < 1.28 * 2 * 1.1
+    assert min(slopes) < 1.0 and max(slopes) > 1.6
+
+
+def test_scale_jitter_out_of_range(tmp_path):
+    images, _ = load_sources([_write_pairs(tmp_path / "a", n=1)], 16)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(UsageError, match="scale jitter"):
+            CropSampler(images, 16, 0, scale_jitter=bad)
+
+
 def test_luminance_is_opencv_ycrcb_y():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     y = luminance(rgb)

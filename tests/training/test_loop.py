@@ -152,6 +152,9 @@ def test_refusals(tmp_path, source):
         _settings(source, model_overrides={"no_such": 1}).model_config()
     with pytest.raises(UsageError, match="bad loss"):
         _settings(source, loss={"ssim_weighting": "x"})
+    for bad in (-0.5, 2.0, "lots", True):
+        with pytest.raises(UsageError, match="scale-jitter"):
+            _settings(source, scale_jitter=bad)
 
 
 def test_model_and_loss_overrides_are_used(tmp_path, source):

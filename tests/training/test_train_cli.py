@@ -119,6 +119,7 @@ def test_time_budget_then_resume(tmp_path):
     (["--task", "x", "--ir", "I", "--vis", "V", "--out", "RUN"], "unknown task"),
     (["--medical", "--task", "ir-vis"], "contradicts"),
     (["--model-option", "oops"], "KEY=VALUE"),
+    (["--scale-jitter", "3", "--ir", "I", "--vis", "V", "--out", "RUN"], "scale-jitter must be a number in [0, 1]"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(tmp_path, args, message):
     args = [str(tmp_path / a) if a in ("RUN", "MISSING", "nope.toml", "I", "V") else a for a in args]
@@ -126,6 +127,15 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_scale_jitter_is_a_run_setting(tmp_path):
+    ir, vis = _folders(tmp_path / "d", size=(64, 64))
+    run = tmp_path / "run"
+    assert _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--scale-jitter", "0.3", *FAST).exit_code == 0
+    assert json.loads(RunFiles(run).settings.read_text())["scale_jitter"] == 0.3
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--resume", "--scale-jitter", "0.5", *FAST)
+    assert res.exit_code == 2 and "scale_jitter 0.3 -> 0.5" in res.output, res.output
 
 
 def test_existing_run_needs_resume(tmp_path):
