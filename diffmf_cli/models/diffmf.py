@@ -155,8 +155,10 @@ class Decoder(nn.Module):
     """Scan-grid features -> fused Y: per ×2 step, bilinear up-sampling, concatenation with both stems' skip at
     that scale and a 3×3 conv; then the output head (see ``DiffMFConfig.head``).
 
-    forward(x, skips_ir, skips_vi, ir, vis_y): ``ir``, ``vis_y`` (B, 1, H, W) in [0, 1] at the skips' full
-    resolution (the blend head mixes them) -> fused Y (B, 1, H, W) in [0, 1].
+    forward(x, skips_ir, skips_vi, ir, vis_y, clamp=True): ``ir``, ``vis_y`` (B, 1, H, W) in [0, 1] at the skips'
+    full resolution (the blend head mixes them) -> fused Y (B, 1, H, W) in [0, 1]; ``clamp=False``: the blend
+    head's value before its clamp (training penalises what lies outside [0, 1], where the clamp passes no
+    gradient).
     """
 
     def __init__(self, cfg: DiffMFConfig, device=None, dtype=None):
@@ -177,7 +179,7 @@ class Decoder(nn.Module):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
-    def forward(self, x, skips_ir, skips_vi, ir, vis_y):
+    def forward(self, x, skips_ir, skips_vi, ir, vis_y, clamp: bool = True):
         for up, s_ir, s_vi in zip(self.ups, reversed(skips_ir), reversed(skips_vi)):
             x = F.interpolate(x, size=s_ir.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([x, s_ir, s_vi], 1))
@@ -189,7 +191,8 @@ class Decoder(nn.Module):
             logit = logit + self.select_gain * (ir - vis_y)
         weight = torch.sigmoid(logit)
         residual = self.residual_scale * torch.tanh(out[:, 1:])
-        return (weight * ir + (1 - weight) * vis_y + residual).clamp(0, 1)
+        fused = weight * ir + (1 - weight) * vis_y + residual
+        return fused.clamp(0, 1) if clamp else fused
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -203,7 +206,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 class DiffMF(nn.Module):
-    """DIFF-MF. forward(ir, vis_y): both (B, 1, H, W) in [0, 1], any H, W >= 1 -> fused Y (B, 1, H, W) in [0, 1]."""
+    """DIFF-MF. forward(ir, vis_y): both (B, 1, H, W) in [0, 1], any H, W >= 1 -> fused Y (B, 1, H, W) in [0, 1].
+    ``clamp=False`` returns the output head's value before its clamp to [0, 1] (for training)."""
 
     def __init__(self, config: DiffMFConfig, device=None, dtype=None):
         super().__init__()
@@ -225,7 +229,7 @@ class DiffMF(nn.Module):
                         if cfg.use_spatial_exchange else NoSpatialExchange(cfg.dim, **fk))
         self.decoder = Decoder(cfg, **fk)
 
-    def forward(self, ir: torch.Tensor, vis_y: torch.Tensor) -> torch.Tensor:
+    def forward(self, ir: torch.Tensor, vis_y: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         if ir.dim() != 4 or ir.shape[1] != 1 or ir.shape != vis_y.shape:
             raise ValueError(f"ir and vis_y must both be (B, 1, H, W) of one shape; got {tuple(ir.shape)} and "
                              f"{tuple(vis_y.shape)}")
@@ -238,4 +242,4 @@ class DiffMF(nn.Module):
             f_ir, f_vi, _ = stage(f_ir, f_vi)
         f_ir, f_vi = self.channel_exchange(f_ir, f_vi)
         fused = self.spatial(f_ir, f_vi)
-        return self.decoder(fused, skips_ir, skips_vi, ir, vis_y)[..., :h, :w]
+        return self.decoder(fused, skips_ir, skips_vi, ir, vis_y, clamp)[..., :h, :w]

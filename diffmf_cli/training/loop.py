@@ -590,8 +590,12 @@ def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSett
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     ir, vis = sampler.batch(state.step, settings.batch_size)
-    fused = state.model(ir, vis)
-    loss, parts = fusion_loss(fused, ir, vis, loss_weights)
+    if loss_weights.excess:
+        unclamped = state.model(ir, vis, clamp=False)
+        fused = unclamped.clamp(0, 1)
+    else:
+        unclamped, fused = None, state.model(ir, vis)
+    loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped)
     if not torch.isfinite(loss):
         raise DiffMFError(f"training diverged: loss is {float(loss)} at step {state.step + 1}; "
                           f"lower --lr (last checkpoint: {files.checkpoint})")

@@ -70,9 +70,10 @@ class LossWeights:
     ssim_form: str = "gaussian"  # "gaussian": 11×11 Gaussian, C = (0.01, 0.03)²; "evaluator": the metric's SSIM
     scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
     qabf: float = 0.0           # weight of 1 − Qabf(F; IR, Y), the evaluator's edge preservation made differentiable
+    excess: float = 0.0         # weight of the mean distance of the head's unclamped output outside [0, 1]
 
     def __post_init__(self):
-        for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf"):
+        for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf", "excess"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -84,7 +85,7 @@ class LossWeights:
             raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in ("intensity", "gradient", "ssim", "vif", "scd", "qabf"):  # the terms' weights
+        for name in ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess"):  # the terms' weights
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
@@ -261,12 +262,16 @@ def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
 
 
 def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
-                weights: LossWeights = LOSS_PRESETS["ir-vis"]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                weights: LossWeights = LOSS_PRESETS["ir-vis"], unclamped: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of a fused batch against its sources.
 
     Returns ``(total, parts)``: ``total`` a scalar (mean over the batch), ``parts`` the *unweighted* terms
     ``intensity`` (L1 to max), ``gradient`` (L1 of gradient magnitudes), ``ssim`` (the weighted SSIM, so the
-    structural term is ``1 − ssim``), each a detached scalar.
+    structural term is ``1 − ssim``), each a detached scalar, and one per optional term in use.
+    ``unclamped``: the head's output before its clamp (``model(ir, vis, clamp=False)``), which the ``excess``
+    term needs: a pixel clipped to 0 or 1 passes no gradient to the other terms, so without it nothing pulls a
+    pixel back that the network has pushed past the range.
     """
     if not (fused.shape == ir.shape == vis.shape) or fused.dim() != 4 or fused.shape[1] != 1:
         raise ValueError(f"fusion_loss needs three (B, 1, H, W) tensors of one shape, got "
@@ -293,6 +298,12 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
         edges = qabf(fused, ir, vis).mean()
         total = total + weights.qabf * (1 - edges)
         parts["qabf"] = edges.detach()
+    if weights.excess:
+        if unclamped is None or unclamped.shape != fused.shape:
+            raise ValueError("the excess term needs the head's unclamped output, of the fused batch's shape")
+        beyond = (F.relu(unclamped - 1) + F.relu(-unclamped)).mean()
+        total = total + weights.excess * beyond
+        parts["excess"] = beyond.detach()
     return total, parts
 
 
@@ -303,5 +314,5 @@ class FusionLoss(nn.Module):
         super().__init__()
         self.weights = LOSS_PRESETS[weights] if isinstance(weights, str) else weights
 
-    def forward(self, fused, ir, vis):
-        return fusion_loss(fused, ir, vis, self.weights)
+    def forward(self, fused, ir, vis, unclamped=None):
+        return fusion_loss(fused, ir, vis, self.weights, unclamped)

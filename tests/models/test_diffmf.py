@@ -55,6 +55,11 @@ def test_blend_head_mixes_sources_and_adds_a_bounded_residual():
         torch.testing.assert_close(model(ir, vi), vi + 0.25, atol=1e-6, rtol=0)
         head.bias.copy_(torch.tensor([20.0, 20.0]))   # IR + 0.25 = 1.05, clamped
         assert model(ir, vi).max() == 1.0
+        # clamp=False gives the value before the clamp (what training's excess term sees), and nothing else.
+        torch.testing.assert_close(model(ir, vi, clamp=False), ir + 0.25, atol=1e-6, rtol=0)
+        head.bias.copy_(torch.tensor([-20.0, -20.0]))  # Y − 0.25 = −0.05, clamped to 0
+        assert model(ir, vi).min() == 0.0
+        torch.testing.assert_close(model(ir, vi, clamp=False), vi - 0.25, atol=1e-6, rtol=0)
 
 
 def test_select_gain_starts_near_the_pixel_max_and_is_off_by_default():

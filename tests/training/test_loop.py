@@ -169,6 +169,24 @@ def test_model_and_loss_overrides_are_used(tmp_path, source):
     assert model.config.use_guidance is False and meta["task"] == "medical"
 
 
+def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monkeypatch):
+    from diffmf_cli.training import loop
+
+    seen = []
+    real = loop.fusion_loss
+
+    def spy(fused, ir, vis, weights, unclamped=None):
+        seen.append(unclamped is not None and torch.equal(fused, unclamped.clamp(0, 1)))
+        return real(fused, ir, vis, weights, unclamped)
+
+    monkeypatch.setattr(loop, "fusion_loss", spy)
+    train(_settings(source, steps=2, loss={"excess": 5.0}), tmp_path / "run", handle_signals=False)
+    train(_settings(source, steps=1), tmp_path / "plain", handle_signals=False)
+    assert seen == [True, True, False]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("excess" in r for r in rows if r["kind"] == "train")
+
+
 def test_validation_rows_are_logged(tmp_path, source):
     settings = _settings(source, steps=2, val_sources=[source], val_every=2, val_crop=32)
     train(settings, tmp_path / "run", handle_signals=False)

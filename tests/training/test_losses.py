@@ -345,3 +345,26 @@ def test_qabf_weight_adds_the_qabf_term_and_defaults_to_off():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="qabf"):
             LossWeights(qabf=bad)
+
+
+def test_excess_term_pulls_back_pixels_the_clamp_has_cut_off():
+    ir, vis = _rand(1, 1, 16, 16, seed=45), _rand(1, 1, 16, 16, seed=46)
+    unclamped = ((ir + vis) / 2).clone()
+    unclamped[0, 0, 3, 4], unclamped[0, 0, 5, 6] = 1.3, -0.2
+    unclamped.requires_grad_(True)
+    fused = unclamped.clamp(0, 1)
+    base, parts = fusion_loss(fused, ir, vis, LossWeights())
+    assert "excess" not in parts and LossWeights().excess == 0
+    total, parts = fusion_loss(fused, ir, vis, LossWeights(excess=10.0), unclamped)
+    assert float(parts["excess"]) == pytest.approx((0.3 + 0.2) / 256, rel=1e-5)
+    assert float(total) == pytest.approx(float(base) + 10 * (0.5 / 256), rel=1e-5)
+    # Through the clamp alone the two clipped pixels get no gradient; the excess term pulls them back in.
+    (grad_without,) = torch.autograd.grad(base, unclamped, retain_graph=True)
+    (grad_with,) = torch.autograd.grad(total, unclamped)
+    assert grad_without[0, 0, 3, 4] == 0 and grad_without[0, 0, 5, 6] == 0
+    assert grad_with[0, 0, 3, 4] > 0 > grad_with[0, 0, 5, 6]
+    with pytest.raises(ValueError, match="unclamped output"):
+        fusion_loss(fused, ir, vis, LossWeights(excess=1.0))
+    for bad in (-1, float("nan"), "lots"):
+        with pytest.raises(ValueError, match="excess"):
+            LossWeights(excess=bad)
