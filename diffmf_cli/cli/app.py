@@ -42,11 +42,11 @@ class _OneLineErrors(TyperGroup):
             message = " ".join(exc.format_message().split()).rstrip(".")
             print(f"{where}: error: {message}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except typer.Abort:  # click's Ctrl-C (typer.Abort is click's Abort in every typer; newer ones exit 130)
             if not standalone_mode:
                 raise
-            print("diffmf: aborted", file=sys.stderr)
-            sys.exit(1)
+            print("diffmf: interrupted", file=sys.stderr)
+            sys.exit(130)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)

@@ -51,6 +51,36 @@ def test_usage_errors_are_one_line_on_stderr_with_exit_2(argv, words):
     assert "╭" not in res.stderr and "Usage:" not in res.stderr
 
 
+@pytest.mark.parametrize("raised", [KeyboardInterrupt, "abort"])
+def test_ctrl_c_in_a_command_exits_130_without_a_traceback(monkeypatch, capsys, raised):
+    """Older typers turn Ctrl-C into click's Abort, newer ones into exit 130; either way 130 and at most one
+    line. The handler must name an Abort that exists in the installed typer (a vendored click has none at
+    top level), or the first Ctrl-C ends in an AttributeError traceback."""
+    import typer
+
+    from diffmf_cli.cli import evaluate
+
+    def interrupted(*args, **kwargs):
+        raise typer.Abort() if raised == "abort" else raised()
+
+    monkeypatch.setattr(evaluate, "run_command", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        app(["evaluate", "a", "b", "c"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() in ("", "diffmf: interrupted")
+
+
+def test_an_unexpected_error_surfaces_as_itself(monkeypatch):
+    from diffmf_cli.cli import evaluate
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(evaluate, "run_command", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        app(["evaluate", "a", "b", "c"])
+
+
 def test_version():
     res = run("--version")
     assert res.exit_code == 0
