@@ -291,9 +291,10 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
     compute, names, _ = _metric_functions()
     losses, sums, counts, failures = [], {}, {}, []
     for name, ir, vis in pairs:
-        fused = model(ir, vis).clamp(0, 1)
+        unclamped = model(ir, vis, clamp=False) if loss_weights.excess else None
+        fused = (model(ir, vis) if unclamped is None else unclamped).clamp(0, 1)
         if min(ir.shape[-2:]) >= (VIF_MIN_SIDE if loss_weights.vif else 11):
-            total, _ = fusion_loss(fused, ir, vis, loss_weights)
+            total, _ = fusion_loss(fused, ir, vis, loss_weights, unclamped)
             losses.append(float(total))
         if compute is not None:
             # As the evaluator sees files: the fused image on the 8-bit grid, all on the 0..255 scale.

@@ -180,11 +180,14 @@ def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monk
         return real(fused, ir, vis, weights, unclamped)
 
     monkeypatch.setattr(loop, "fusion_loss", spy)
-    train(_settings(source, steps=2, loss={"excess": 5.0}), tmp_path / "run", handle_signals=False)
+    train(_settings(source, steps=2, loss={"excess": 5.0}, val_sources=[source], val_every=2, val_crop=32),
+          tmp_path / "run", handle_signals=False)
     train(_settings(source, steps=1), tmp_path / "plain", handle_signals=False)
-    assert seen == [True, True, False]
+    assert seen[:2] == [True, True] and len(seen) > 3  # two steps, then each validation pair ...
+    assert all(seen[:-1]) and seen[-1] is False        # ... and the plain run's step
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all("excess" in r for r in rows if r["kind"] == "train")
+    assert any(r["kind"] == "val" and math.isfinite(r["val_loss"]) for r in rows)
 
 
 def test_validation_rows_are_logged(tmp_path, source):
