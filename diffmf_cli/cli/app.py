@@ -42,7 +42,9 @@ class _OneLineErrors(TyperGroup):
             message = " ".join(exc.format_message().split()).rstrip(".")
             print(f"{where}: error: {message}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        except typer.Abort:  # click's Ctrl-C (typer.Abort is click's Abort in every typer; newer ones exit 130)
+        # The Abort this typer's click raises (an EOFError; Ctrl-C with older typers, where typer.Abort is
+        # click.Abort; newer ones turn Ctrl-C into exit 130 themselves).
+        except typer.Abort:
             if not standalone_mode:
                 raise
             print("diffmf: interrupted", file=sys.stderr)

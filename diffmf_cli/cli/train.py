@@ -71,7 +71,7 @@ def train_command(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Crops per step (default 8)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size (default 128 ir-vis, 64 medical)."),
     scale_jitter: Optional[float] = typer.Option(None, "--scale-jitter", help="Rescale each crop by a random "
-                                                 "factor in [1/(1+J), 1+J] (default 0 = off)."),
+                                                 "factor in [1/(1+J), 1+J], J in [0, 1] (default 0 = off)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) (default 2e-4)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or constant, after "
                                            "warmup."),

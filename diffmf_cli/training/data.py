@@ -8,8 +8,8 @@ inference), a gray file is its own Y.
 
 Batch ``step`` is drawn with a NumPy generator seeded by ``(seed, step)`` alone, so the data order needs no
 state of its own: a resumed run sees exactly the batches an uninterrupted run sees. Per sample: a source
-(by the source weights), an image of it (uniformly), a crop position (uniformly), and one of the 8
-flips/90° rotations, the same for both modalities.
+(by the source weights), an image of it (uniformly), with ``scale_jitter`` on a window scale, a crop position
+(uniformly), and one of the 8 flips/90° rotations, the same for both modalities.
 
 Default source weights (**ours**): proportional to the square root of each source's pixel count, so a source
 of 4 images is not drowned by one of 171 nor one of 32 big images, yet bigger sources still count more.
@@ -130,6 +130,12 @@ def default_source_weights(sources: list[list[PairImages]]) -> list[float]:
     return [r / total for r in raw]
 
 
+def check_scale_jitter(value) -> None:
+    """UsageError unless ``value`` is a number in [0, 1] (a training setting: TOML, command line or code)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise UsageError(f"scale-jitter must be a number in [0, 1], got {value!r}")
+
+
 class CropSampler:
     """Random training crops, a pure function of ``(seed, step)``.
 
@@ -145,8 +151,7 @@ class CropSampler:
             raise UsageError("every training source needs at least one pair")
         if crop < 8:
             raise UsageError(f"crop size must be at least 8, got {crop}")
-        if not 0 <= scale_jitter <= 1:
-            raise UsageError(f"scale jitter must be in [0, 1], got {scale_jitter}")
+        check_scale_jitter(scale_jitter)
         self.sources = sources
         self.crop = crop
         self.seed = seed

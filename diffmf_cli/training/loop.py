@@ -38,7 +38,14 @@ import torch
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
 from diffmf_cli.provenance import code_version
-from diffmf_cli.training.data import CropSampler, SourceSpec, hold_out, load_sources, luminance
+from diffmf_cli.training.data import (
+    CropSampler,
+    SourceSpec,
+    check_scale_jitter,
+    hold_out,
+    load_sources,
+    luminance,
+)
 from diffmf_cli.training.losses import LOSS_PRESETS, VIF_MIN_SIDE, LossWeights, fusion_loss
 
 CHECKPOINT_FORMAT = "diffmf-train-checkpoint/1"
@@ -98,9 +105,7 @@ class TrainSettings:
             raise UsageError(f"val-holdout must be >= 0, got {self.val_holdout}")
         if self.crop is not None and self.crop < 16:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
-        if isinstance(self.scale_jitter, bool) or not isinstance(self.scale_jitter, (int, float)) \
-                or not 0 <= self.scale_jitter <= 1:
-            raise UsageError(f"scale-jitter must be a number in [0, 1], got {self.scale_jitter!r}")
+        check_scale_jitter(self.scale_jitter)
         if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
 
@@ -280,6 +285,14 @@ def _metric_functions() -> tuple[Callable | None, list[str], str | None]:
 VAL_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 
 
+def _fuse(model: torch.nn.Module, ir: torch.Tensor, vis: torch.Tensor, loss_weights: LossWeights):
+    """(fused in [0, 1], the head's value before its clamp or None): the latter only for the excess term."""
+    if not loss_weights.excess:
+        return model(ir, vis), None
+    unclamped = model(ir, vis, clamp=False)
+    return unclamped.clamp(0, 1), unclamped
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[str, float]:
     """Mean fusion loss (and, when ``diffmf_cli.metrics`` offers ``compute_metrics``, metrics) on ``pairs``.
@@ -291,8 +304,7 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
     compute, names, _ = _metric_functions()
     losses, sums, counts, failures = [], {}, {}, []
     for name, ir, vis in pairs:
-        unclamped = model(ir, vis, clamp=False) if loss_weights.excess else None
-        fused = (model(ir, vis) if unclamped is None else unclamped).clamp(0, 1)
+        fused, unclamped = _fuse(model, ir, vis, loss_weights)
         if min(ir.shape[-2:]) >= (VIF_MIN_SIDE if loss_weights.vif else 11):
             total, _ = fusion_loss(fused, ir, vis, loss_weights, unclamped)
             losses.append(float(total))
@@ -591,11 +603,7 @@ def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSett
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     ir, vis = sampler.batch(state.step, settings.batch_size)
-    if loss_weights.excess:
-        unclamped = state.model(ir, vis, clamp=False)
-        fused = unclamped.clamp(0, 1)
-    else:
-        unclamped, fused = None, state.model(ir, vis)
+    fused, unclamped = _fuse(state.model, ir, vis, loss_weights)
     loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped)
     if not torch.isfinite(loss):
         raise DiffMFError(f"training diverged: loss is {float(loss)} at step {state.step + 1}; "

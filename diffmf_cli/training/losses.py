@@ -71,6 +71,7 @@ class LossWeights:
     scd: float = 0.0            # weight of 1 − SCD(F; IR, Y) / 2, the sum of the correlations of differences
     qabf: float = 0.0           # weight of 1 − Qabf(F; IR, Y), the evaluator's edge preservation made differentiable
     excess: float = 0.0         # weight of the mean distance of the head's unclamped output outside [0, 1]
+    #                             (the blend head's; the direct head's sigmoid never leaves [0, 1]: 0 there)
 
     def __post_init__(self):
         for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf", "excess"):

@@ -170,23 +170,33 @@ def test_model_and_loss_overrides_are_used(tmp_path, source):
 
 
 def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monkeypatch):
+    """From weights whose head adds +0.5 everywhere, the unclamped output leaves [0, 1]: the loss must see it
+    (in training steps and in validation), and the term must be positive in the log."""
+    from diffmf_cli.models import create_model
     from diffmf_cli.training import loop
+    from diffmf_cli.weights import save_weights
 
+    model = create_model(_settings(source).model_config())
+    with torch.no_grad():
+        model.decoder.head.bias.copy_(torch.tensor([0.0, 20.0]))  # w = ½, r = 0.5·tanh(20): mean + 0.5
+    init = save_weights(tmp_path / "bright.safetensors", model)
     seen = []
     real = loop.fusion_loss
 
     def spy(fused, ir, vis, weights, unclamped=None):
-        seen.append(unclamped is not None and torch.equal(fused, unclamped.clamp(0, 1)))
+        seen.append(None if unclamped is None else
+                    (torch.equal(fused, unclamped.clamp(0, 1)), bool((unclamped > 1).any())))
         return real(fused, ir, vis, weights, unclamped)
 
     monkeypatch.setattr(loop, "fusion_loss", spy)
-    train(_settings(source, steps=2, loss={"excess": 5.0}, val_sources=[source], val_every=2, val_crop=32),
-          tmp_path / "run", handle_signals=False)
-    train(_settings(source, steps=1), tmp_path / "plain", handle_signals=False)
-    assert seen[:2] == [True, True] and len(seen) > 3  # two steps, then each validation pair ...
-    assert all(seen[:-1]) and seen[-1] is False        # ... and the plain run's step
+    train(_settings(source, steps=2, loss={"excess": 5.0}, init_weights=str(init), val_sources=[source],
+                    val_every=2, val_crop=32), tmp_path / "run", handle_signals=False)
+    assert len(seen) > 2 and all(x == (True, True) for x in seen)  # two steps, then every validation pair
+    seen.clear()
+    train(_settings(source, steps=1, init_weights=str(init)), tmp_path / "plain", handle_signals=False)
+    assert seen == [None]
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all("excess" in r for r in rows if r["kind"] == "train")
+    assert all(r["excess"] > 1e-3 for r in rows if r["kind"] == "train")  # 0 if it saw the clamped output
     assert any(r["kind"] == "val" and math.isfinite(r["val_loss"]) for r in rows)
 
 
