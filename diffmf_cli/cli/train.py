@@ -72,6 +72,8 @@ def train_command(
     crop: Optional[int] = typer.Option(None, "--crop", help="Crop size (default 128 ir-vis, 64 medical)."),
     scale_jitter: Optional[float] = typer.Option(None, "--scale-jitter", help="Rescale each crop by a random "
                                                  "factor in [1/(1+J), 1+J], J in [0, 1] (default 0 = off)."),
+    gamma_jitter: Optional[float] = typer.Option(None, "--gamma-jitter", help="Raise each modality's crop to "
+                                                 "a random power in [1/(1+G), 1+G], G in [0, 1] (default 0 = off)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (Adam) (default 2e-4)."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine (default) or constant, after "
                                            "warmup."),
@@ -117,7 +119,7 @@ def train_command(
             cli = {
                 "task": "medical" if medical else task, "preset": preset, "steps": steps,
                 "batch_size": batch_size, "crop": crop, "scale_jitter": scale_jitter, "lr": lr,
-                "schedule": schedule,
+                "gamma_jitter": gamma_jitter, "schedule": schedule,
                 "warmup_steps": warmup_steps, "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed,
                 "checkpoint_every": checkpoint_every, "log_every": log_every, "val_every": val_every,
                 "val_holdout": val_holdout,

@@ -9,7 +9,8 @@ inference), a gray file is its own Y.
 Batch ``step`` is drawn with a NumPy generator seeded by ``(seed, step)`` alone, so the data order needs no
 state of its own: a resumed run sees exactly the batches an uninterrupted run sees. Per sample: a source
 (by the source weights), an image of it (uniformly), with ``scale_jitter`` on a window scale, a crop position
-(uniformly), and one of the 8 flips/90° rotations, the same for both modalities.
+(uniformly), and one of the 8 flips/90° rotations, the same for both modalities; with ``gamma_jitter`` on, then
+one gamma per modality.
 
 Default source weights (**ours**): proportional to the square root of each source's pixel count, so a source
 of 4 images is not drowned by one of 171 nor one of 32 big images, yet bigger sources still count more.
@@ -130,10 +131,16 @@ def default_source_weights(sources: list[list[PairImages]]) -> list[float]:
     return [r / total for r in raw]
 
 
-def check_scale_jitter(value) -> None:
+def check_jitter(name: str, value) -> None:
     """UsageError unless ``value`` is a number in [0, 1] (a training setting: TOML, command line or code)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise UsageError(f"scale-jitter must be a number in [0, 1], got {value!r}")
+        raise UsageError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def _log_uniform(rng: np.random.Generator, jitter: float) -> float:
+    """A factor in [1/(1+jitter), 1+jitter], uniform in its logarithm."""
+    span = math.log1p(jitter)
+    return math.exp(rng.uniform(-span, span))
 
 
 class CropSampler:
@@ -143,19 +150,24 @@ class CropSampler:
     ``scale_jitter`` j > 0 rescales each crop: a square window of side ``crop·s`` (s log-uniform in
     [1/(1+j), 1+j], at most the image) resized to ``crop`` (bilinear up, area down), so the model also sees
     edges that have been resampled, as in images that were resized or re-saved before they reach it.
+    ``gamma_jitter`` G > 0 raises each modality's crop to its own power g (log-uniform in [1/(1+G), 1+G]):
+    darker or brighter renderings of the same scene, as other scanners, sequences or exposures give.
     """
 
     def __init__(self, sources: list[list[PairImages]], crop: int, seed: int,
-                 weights: list[float | None] | None = None, scale_jitter: float = 0.0):
+                 weights: list[float | None] | None = None, scale_jitter: float = 0.0,
+                 gamma_jitter: float = 0.0):
         if not sources or any(not s for s in sources):
             raise UsageError("every training source needs at least one pair")
         if crop < 8:
             raise UsageError(f"crop size must be at least 8, got {crop}")
-        check_scale_jitter(scale_jitter)
+        check_jitter("scale-jitter", scale_jitter)
+        check_jitter("gamma-jitter", gamma_jitter)
         self.sources = sources
         self.crop = crop
         self.seed = seed
         self.scale_jitter = scale_jitter
+        self.gamma_jitter = gamma_jitter
         defaults = default_source_weights(sources)
         given = list(weights) if weights is not None else [None] * len(sources)
         if len(given) != len(sources):
@@ -184,8 +196,7 @@ class CropSampler:
             h, w = pair.ir.shape[:2]
             side = c
             if self.scale_jitter:  # drawn only when on: runs without it keep their crops
-                span = math.log1p(self.scale_jitter)
-                side = min(h, w, max(8, round(c * math.exp(rng.uniform(-span, span)))))
+                side = min(h, w, max(8, round(c * _log_uniform(rng, self.scale_jitter))))
             y = int(rng.integers(h - side + 1))
             x = int(rng.integers(w - side + 1))
             k = int(rng.integers(4))
@@ -194,6 +205,9 @@ class CropSampler:
             vis = luminance(pair.vis[y:y + side, x:x + side])
             if side != c:
                 ir, vis = _resize(ir, c), _resize(vis, c)
+            if self.gamma_jitter:  # drawn last, and only when on
+                ir = ir ** np.float32(_log_uniform(rng, self.gamma_jitter))
+                vis = vis ** np.float32(_log_uniform(rng, self.gamma_jitter))
             ir_out[i, 0] = _dihedral(ir, k, flip)
             vis_out[i, 0] = _dihedral(vis, k, flip)
         return torch.from_numpy(ir_out), torch.from_numpy(vis_out)

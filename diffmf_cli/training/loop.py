@@ -41,7 +41,7 @@ from diffmf_cli.provenance import code_version
 from diffmf_cli.training.data import (
     CropSampler,
     SourceSpec,
-    check_scale_jitter,
+    check_jitter,
     hold_out,
     load_sources,
     luminance,
@@ -67,6 +67,7 @@ class TrainSettings:
     batch_size: int = 8
     crop: int | None = None              # None: 128 for ir-vis, 64 for medical
     scale_jitter: float = 0.0            # crops rescaled by up to 1 + this (see CropSampler); 0 = off
+    gamma_jitter: float = 0.0            # each modality's crop raised to a power up to 1 + this either way; 0 = off
     lr: float = 2e-4
     schedule: str = "cosine"             # "cosine" (to min_lr_ratio·lr) or "constant", after a linear warmup
     warmup_steps: int = 100
@@ -105,7 +106,8 @@ class TrainSettings:
             raise UsageError(f"val-holdout must be >= 0, got {self.val_holdout}")
         if self.crop is not None and self.crop < 16:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
-        check_scale_jitter(self.scale_jitter)
+        check_jitter("scale-jitter", self.scale_jitter)
+        check_jitter("gamma-jitter", self.gamma_jitter)
         if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
 
@@ -470,7 +472,8 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     weights = [s.weight for s in settings.sources]
     if ckpt is not None:
         weights = _recorded_weights(files, listed, weights)
-    sampler = CropSampler(images, settings.crop_size, settings.seed, weights, settings.scale_jitter)
+    sampler = CropSampler(images, settings.crop_size, settings.seed, weights, settings.scale_jitter,
+                          settings.gamma_jitter)
     val_pairs = load_validation(settings, held)
 
     state = _TrainingState.create(settings, cfg, ckpt, files)

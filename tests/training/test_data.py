@@ -114,11 +114,36 @@ def test_scale_jitter_window_is_a_resize_of_the_image(tmp_path):
     assert min(slopes) < 1.0 and max(slopes) > 1.6
 
 
-def test_scale_jitter_out_of_range(tmp_path):
+def test_jitter_out_of_range(tmp_path):
     images, _ = load_sources([_write_pairs(tmp_path / "a", n=1)], 16)
     for bad in (-0.1, 1.5, True, "0.5"):
         with pytest.raises(UsageError, match="scale-jitter must be a number"):
             CropSampler(images, 16, 0, scale_jitter=bad)
+        with pytest.raises(UsageError, match="gamma-jitter must be a number"):
+            CropSampler(images, 16, 0, gamma_jitter=bad)
+
+
+def test_gamma_jitter_is_a_power_per_modality_on_the_same_crop(tmp_path):
+    """Same seed with and without gamma: the same window for a batch's first crop (gamma is drawn after it),
+    each modality raised to its own power within [1/(1+G), 1+G]; deterministic per (seed, step)."""
+    spec = _write_pairs(tmp_path / "a", n=2, size=(48, 64))
+    images, _ = load_sources([spec], 16)
+    plain, gam = CropSampler(images, 16, seed=4), CropSampler(images, 16, seed=4, gamma_jitter=0.5)
+    powers = []
+    for step in range(24):
+        (ir0, vis0), (ir1, vis1) = plain.batch(step, 1), gam.batch(step, 1)
+        assert torch.equal(ir1, gam.batch(step, 1)[0])
+        pair = []
+        for before, after in ((ir0, ir1), (vis0, vis1)):
+            inside = (before > 0.05) & (before < 0.95)
+            g = torch.log(after[inside]) / torch.log(before[inside])
+            assert float(g.max() - g.min()) < 1e-3  # one power over the whole crop
+            pair.append(float(g.mean()))
+        powers.append(pair)
+    flat = [g for pair in powers for g in pair]
+    assert all(1 / 1.5 - 1e-3 < g < 1.5 + 1e-3 for g in flat)
+    assert min(flat) < 0.8 and max(flat) > 1.25
+    assert all(abs(a - b) > 1e-3 for a, b in powers)  # one power per modality
 
 
 def test_crops_without_scale_jitter_are_those_drawn_before_it_existed(tmp_path):

@@ -155,6 +155,8 @@ def test_refusals(tmp_path, source):
     for bad in (-0.5, 2.0, "lots", True):
         with pytest.raises(UsageError, match="scale-jitter"):
             _settings(source, scale_jitter=bad)
+        with pytest.raises(UsageError, match="gamma-jitter"):
+            _settings(source, gamma_jitter=bad)
 
 
 def test_model_and_loss_overrides_are_used(tmp_path, source):

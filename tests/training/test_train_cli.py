@@ -129,11 +129,14 @@ def test_usage_errors_are_one_line_with_exit_2(tmp_path, args, message):
     assert "Traceback" not in res.output
 
 
-def test_scale_jitter_is_a_run_setting(tmp_path):
+def test_jitters_are_run_settings(tmp_path):
     ir, vis = _folders(tmp_path / "d", size=(64, 64))
     run = tmp_path / "run"
-    assert _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--scale-jitter", "0.3", *FAST).exit_code == 0
-    assert json.loads(RunFiles(run).settings.read_text())["scale_jitter"] == 0.3
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--scale-jitter", "0.3", "--gamma-jitter", "0.2",
+               *FAST)
+    assert res.exit_code == 0, res.output
+    stored = json.loads(RunFiles(run).settings.read_text())
+    assert stored["scale_jitter"] == 0.3 and stored["gamma_jitter"] == 0.2
     res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--resume", "--scale-jitter", "0.5", *FAST)
     assert res.exit_code == 2 and "scale_jitter 0.3 -> 0.5" in res.output, res.output
 
