@@ -32,6 +32,13 @@ Medical groups (``--task medical``): the per-type validation lists of
 ``scripts/make_medical_split.py --val-per-type N`` (``harvard_val_<TYPE>.csv`` in ``--lists``), never
 trained on; the last line counts, per model, the (type, metric) cells below the pixel maximum on the
 issue's medical goals (VIF, Qabf, SSIM, EN, SD, SF, AG).
+
+``--resampled F`` (0 < F < 1) adds, for every group, ``GROUP resampled``: the same pairs with each source
+shrunk by F (area averaging) and enlarged back to its size (bilinear), on the 8-bit grid, as an image that
+was resized before it reached the tool. The Harvard train slices have hard edges (CT bone at 255 next to 0)
+and CDDFuse's test slices resampled ones; on the plain validation pairs CT EN is far above the pixel maximum,
+on the test pairs below it, and with F = 0.8 below it here too (README). For the medical task a second line
+per model counts the cells below the maximum on the resampled groups.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from diffmf_cli import Fuser
 from diffmf_cli.errors import DiffMFError, UsageError
 from diffmf_cli.io.files import atomic_write_text
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
-from diffmf_cli.metrics.evaluation import read_for_metrics
+from diffmf_cli.io.images import read_image
+from diffmf_cli.metrics.evaluation import metrics_gray, read_for_metrics
 from diffmf_cli.metrics.registry import compute_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -115,15 +123,30 @@ def check_groups(groups: dict[str, list[Pair]]) -> None:
             raise UsageError(f"validation group {name}: no pairs")
 
 
-def score_group(pairs: list[Pair], fusers: dict[str, Fuser | None]) -> dict[str, dict[str, float]]:
+def resampled(raw: np.ndarray, factor: float) -> np.ndarray:
+    """`raw` shrunk by `factor` (area averaging) and enlarged back to its own size (bilinear), same dtype."""
+    h, w = raw.shape[:2]
+    small = cv2.resize(raw, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _read_pair(pair: Pair, resample: float | None):
+    """(IR, visible) as the metrics see them, and as OpenCV reads them for the fuser; resampled first if asked."""
+    if resample is None:
+        return (read_for_metrics(pair.ir)[0], read_for_metrics(pair.vis)[0],
+                cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED), cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED))
+    ir, vis = resampled(read_image(pair.ir), resample), resampled(read_image(pair.vis), resample)  # RGB
+    bgr = [x[..., ::-1].copy() if x.ndim == 3 else x for x in (ir, vis)]
+    return metrics_gray(ir)[0], metrics_gray(vis)[0], bgr[0], bgr[1]
+
+
+def score_group(pairs: list[Pair], fusers: dict[str, Fuser | None],
+                resample: float | None = None) -> dict[str, dict[str, float]]:
     """{method: {metric: mean over `pairs`}} for each `Fuser` (``None``: the pixel maximum of the two
-    sources); each pair's files are read once for all of them."""
+    sources); each pair's files are read once for all of them (and, with `resample`, resampled first)."""
     rows: dict[str, list[list[float]]] = {name: [] for name in fusers}
     for pair in pairs:
-        a, _ = read_for_metrics(pair.ir)
-        b, _ = read_for_metrics(pair.vis)
-        ir = cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED)
-        vis = cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED)
+        a, b, ir, vis = _read_pair(pair, resample)
         for name, fuser in fusers.items():
             if fuser is None:
                 fused = np.maximum(a, b)
@@ -174,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="make_medical_split.py output folder (medical)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", type=Path, help="write the means here as JSON")
+    ap.add_argument("--resampled", type=float, metavar="F",
+                    help="also score every group with its sources shrunk by F (0 < F < 1) and enlarged back")
     args = ap.parse_args(argv)
     try:
+        if args.resampled is not None and not 0 < args.resampled < 1:
+            raise UsageError(f"--resampled must be between 0 and 1, got {args.resampled}")
         if args.threads is not None:
             if args.threads < 1:
                 raise UsageError(f"--threads must be >= 1, got {args.threads}")
@@ -199,8 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             groups = medical_groups(args.lists)
         check_groups(groups)
+        plain = list(groups)
+        factors: dict[str, float | None] = dict.fromkeys(plain)
+        if args.resampled is not None:
+            for g in plain:
+                groups[f"{g} resampled"] = groups[g]
+                factors[f"{g} resampled"] = args.resampled
         fusers = {"max": None} | {name: Fuser(weights=path, device="cpu") for name, path in models.items()}
-        by_group = {g: score_group(pairs, fusers) for g, pairs in groups.items()}  # group -> method -> metric
+        # group -> method -> metric
+        by_group = {g: score_group(pairs, fusers, factors[g]) for g, pairs in groups.items()}
     except DiffMFError as exc:
         print(f"validate_models: error: {exc}", file=sys.stderr)
         return 2
@@ -209,10 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: {g: by_group[g][name] for g in groups} for name in fusers}  # method -> group -> metric
     if args.task == "medical":
         for name in models:
-            below = cells_below(results[name], results["max"])
-            print(f"{name}: {len(below)} cells below the pixel maximum" + (f" ({', '.join(below)})" if below else ""))
+            for kind, names in (("", plain), (" on the resampled groups", [g for g in groups if g not in plain])):
+                if not names:
+                    continue
+                below = cells_below({g: results[name][g] for g in names}, results["max"])
+                print(f"{name}: {len(below)} cells below the pixel maximum{kind}"
+                      + (f" ({', '.join(below)})" if below else ""))
     if args.json:
         doc = {"task": args.task, "groups": {g: [p.name for p in ps] for g, ps in groups.items()},
+               "resampled": args.resampled,
                "models": {k: str(v) for k, v in models.items()}, "means": results}
         atomic_write_text(args.json, json.dumps(doc, indent=1) + "\n")
     return 0

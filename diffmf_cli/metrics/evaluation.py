@@ -31,7 +31,12 @@ def read_for_metrics(path: Path | str) -> tuple[np.ndarray, bool]:
     ``image_read_cv2(path, 'GRAY')``); 16-bit files are first scaled to 0..255. Returns (image, was_16_bit).
     Raises InputError naming the file when it cannot be read.
     """
-    raw = read_image(path)
+    return metrics_gray(read_image(path))
+
+
+def metrics_gray(raw: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A decoded image (``read_image``'s (H, W) gray or (H, W, 3) RGB, uint8 or uint16) as the metrics see
+    it: see :func:`read_for_metrics`."""
     sixteen = raw.dtype == np.uint16
     img = raw.astype(np.float32)
     if sixteen:

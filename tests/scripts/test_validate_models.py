@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from validate_models import cells_below, main  # noqa: E402
+from validate_models import cells_below, main, resampled  # noqa: E402
 
 
 def _image(seed: int, size=(48, 56)) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_ir_vis_groups_and_json(tmp_path, tiny_weights, capsys):
     assert "### roadscene-anti (2 pairs)" in printed and "| tiny |" in printed and "| max |" in printed
 
 
-def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, capsys):
+def _medical_lists(tmp_path) -> Path:
     lists = tmp_path / "lists"
     (lists / "img").mkdir(parents=True)
     for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
@@ -71,9 +71,41 @@ def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, ca
             writer = csv.DictWriter(fh, ["ir", "vis"])
             writer.writeheader()
             writer.writerows(rows)
+    return lists
+
+
+def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, capsys):
+    lists = _medical_lists(tmp_path)
     assert main(["--task", "medical", "--lists", str(lists), f"tiny={tiny_weights}"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("tiny: ") and "cells below the pixel maximum" in last
+
+
+def test_resampled_groups_score_resampled_sources(tmp_path, tiny_weights, capsys):
+    lists = _medical_lists(tmp_path)
+    out = tmp_path / "m.json"
+    assert main(["--task", "medical", "--lists", str(lists), "--resampled", "0.5", "--json", str(out),
+                 f"tiny={tiny_weights}"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("tiny: ") and lines[-2].count("resampled") == 0
+    assert lines[-1].startswith("tiny: ") and "cells below the pixel maximum on the resampled groups" in lines[-1]
+    doc = json.loads(out.read_text())
+    assert doc["resampled"] == 0.5
+    plain, again = doc["means"]["max"]["MRI_CT"], doc["means"]["max"]["MRI_CT resampled"]
+    assert again["SF"] < plain["SF"]  # halving and enlarging again blurs the sources
+    for bad in ("0", "1", "1.5"):
+        assert main(["--task", "medical", "--lists", str(lists), "--resampled", bad, f"tiny={tiny_weights}"]) == 2
+        assert "--resampled must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_resampling_keeps_size_and_type_and_softens_hard_edges():
+    step = np.zeros((40, 50, 3), np.uint8)
+    step[:, 25:] = 255
+    out = resampled(step, 0.8)
+    assert out.shape == step.shape and out.dtype == np.uint8
+    values = set(np.unique(out).tolist())
+    assert {0, 255} <= values and len(values) > 2  # the edge now has values between its two sides
+    assert np.array_equal(resampled(np.full((9, 7), 100, np.uint16), 0.5), np.full((9, 7), 100, np.uint16))
 
 
 def test_cells_below_and_bad_arguments(tmp_path, tiny_weights, capsys):
