@@ -34,11 +34,11 @@ trained on; the last line counts, per model, the (type, metric) cells below the 
 issue's medical goals (VIF, Qabf, SSIM, EN, SD, SF, AG).
 
 ``--resampled F`` (0 < F < 1) adds, for every group, ``GROUP resampled``: the same pairs with each source
-shrunk by F (area averaging) and enlarged back to its size (bilinear), on the 8-bit grid, as an image that
-was resized before it reached the tool. The Harvard train slices have hard edges (CT bone at 255 next to 0)
-and CDDFuse's test slices resampled ones; on the plain validation pairs CT EN is far above the pixel maximum,
-on the test pairs below it, and with F = 0.8 below it here too (README). For the medical task a second line
-per model counts the cells below the maximum on the resampled groups.
+shrunk by F (area averaging) and enlarged back to its size (bilinear), on the source's own grid (8 or 16
+bits), as an image that was resized before it reached the tool. The Harvard train slices have hard edges (CT
+bone at 255 next to 0) and CDDFuse's test slices resampled ones; on the plain validation pairs CT EN is far
+above the pixel maximum, on the test pairs below it, and with F = 0.8 below it here too (README). For the
+medical task a second line per model counts the cells below the maximum on the resampled groups.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from diffmf_cli import Fuser
 from diffmf_cli.errors import DiffMFError, UsageError
 from diffmf_cli.io.files import atomic_write_text
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
-from diffmf_cli.io.images import read_image
+from diffmf_cli.io.images import read_image, to_opencv
 from diffmf_cli.metrics.evaluation import metrics_gray, read_for_metrics
 from diffmf_cli.metrics.registry import compute_metrics
 
@@ -123,21 +123,27 @@ def check_groups(groups: dict[str, list[Pair]]) -> None:
             raise UsageError(f"validation group {name}: no pairs")
 
 
-def resampled(raw: np.ndarray, factor: float) -> np.ndarray:
-    """`raw` shrunk by `factor` (area averaging) and enlarged back to its own size (bilinear), same dtype."""
+def resampled(raw: np.ndarray, factor: float, name: str = "image") -> np.ndarray:
+    """`raw` shrunk by `factor` (area averaging) and enlarged back to its own size (bilinear), same dtype.
+    UsageError when `factor` leaves the image's size unchanged (nothing would be resampled)."""
     h, w = raw.shape[:2]
-    small = cv2.resize(raw, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    if size == (w, h):
+        raise UsageError(f"--resampled {factor} leaves {name} ({w}x{h}) at its size; use a smaller factor")
+    small = cv2.resize(raw, size, interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _read_pair(pair: Pair, resample: float | None):
     """(IR, visible) as the metrics see them, and as OpenCV reads them for the fuser; resampled first if asked."""
-    if resample is None:
-        return (read_for_metrics(pair.ir)[0], read_for_metrics(pair.vis)[0],
-                cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED), cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED))
-    ir, vis = resampled(read_image(pair.ir), resample), resampled(read_image(pair.vis), resample)  # RGB
-    bgr = [x[..., ::-1].copy() if x.ndim == 3 else x for x in (ir, vis)]
-    return metrics_gray(ir)[0], metrics_gray(vis)[0], bgr[0], bgr[1]
+    out = []
+    for path in (pair.ir, pair.vis):
+        raw = read_image(path)
+        if resample is not None:
+            raw = resampled(raw, resample, str(path))
+        out.append((metrics_gray(raw)[0], to_opencv(raw)))
+    (a, ir), (b, vis) = out
+    return a, b, ir, vis
 
 
 def score_group(pairs: list[Pair], fusers: dict[str, Fuser | None],

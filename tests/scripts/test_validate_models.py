@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from validate_models import cells_below, main, resampled  # noqa: E402
+from validate_models import cells_below, main, resampled, score_group  # noqa: E402
 
 
 def _image(seed: int, size=(48, 56)) -> np.ndarray:
@@ -82,20 +82,61 @@ def test_medical_groups_count_cells_below_the_maximum(tmp_path, tiny_weights, ca
 
 
 def test_resampled_groups_score_resampled_sources(tmp_path, tiny_weights, capsys):
-    lists = _medical_lists(tmp_path)
-    out = tmp_path / "m.json"
+    """A resampled group scores exactly what the plain group scores on files resampled beforehand: the same
+    resampled pixels reach the metrics and (in OpenCV's colour order) the model. Colour visible images."""
+    lists = tmp_path / "lists"
+    pre = tmp_path / "pre"
+    for root in (lists, pre):
+        (root / "img").mkdir(parents=True)
+    for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+        rows = []
+        for i in range(2):
+            a, b = f"img/{kind}_{i}_a.png", f"img/{kind}_{i}_b.png"
+            mri, colour = _image(i), cv2.merge([_image(i + 50), _image(i + 60), _image(i + 70)])  # BGR
+            cv2.imwrite(str(lists / a), mri)
+            cv2.imwrite(str(lists / b), colour)
+            cv2.imwrite(str(pre / a), resampled(mri, 0.5))
+            cv2.imwrite(str(pre / b), resampled(colour, 0.5))  # per channel: the order does not matter
+            rows.append({"ir": a, "vis": b})
+        for root in (lists, pre):
+            with open(root / f"harvard_val_{kind}.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, ["ir", "vis"])
+                writer.writeheader()
+                writer.writerows(rows)
+    out, ref = tmp_path / "m.json", tmp_path / "ref.json"
     assert main(["--task", "medical", "--lists", str(lists), "--resampled", "0.5", "--json", str(out),
                  f"tiny={tiny_weights}"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith("tiny: ") and lines[-2].count("resampled") == 0
     assert lines[-1].startswith("tiny: ") and "cells below the pixel maximum on the resampled groups" in lines[-1]
-    doc = json.loads(out.read_text())
+    assert main(["--task", "medical", "--lists", str(pre), "--json", str(ref), f"tiny={tiny_weights}"]) == 0
+    doc, expected = json.loads(out.read_text()), json.loads(ref.read_text())["means"]
     assert doc["resampled"] == 0.5
-    plain, again = doc["means"]["max"]["MRI_CT"], doc["means"]["max"]["MRI_CT resampled"]
-    assert again["SF"] < plain["SF"]  # halving and enlarging again blurs the sources
+    for method in ("max", "tiny"):
+        for kind in ("MRI_CT", "MRI_PET", "MRI_SPECT"):
+            got, want = doc["means"][method][f"{kind} resampled"], expected[method][kind]
+            assert got.keys() == want.keys()
+            assert all(got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])) for k in got), (method, kind)
+        assert doc["means"][method]["MRI_PET"] != doc["means"][method]["MRI_PET resampled"]
     for bad in ("0", "1", "1.5"):
         assert main(["--task", "medical", "--lists", str(lists), "--resampled", bad, f"tiny={tiny_weights}"]) == 2
         assert "--resampled must be between 0 and 1" in capsys.readouterr().err
+    # The model gets the pixels in OpenCV's order, as `diffmf fuse` reads the files (colour matters for Y).
+    from diffmf_cli import Fuser
+    from diffmf_cli.io.pairs import read_pair_list
+    from diffmf_cli.metrics.evaluation import read_for_metrics
+    from diffmf_cli.metrics.registry import compute_metrics
+
+    pair = read_pair_list(pre / "harvard_val_MRI_PET.csv")[0]
+    fuser = Fuser(weights=tiny_weights, device="cpu")
+    fused = fuser.fuse(cv2.imread(str(pair.ir), cv2.IMREAD_UNCHANGED), cv2.imread(str(pair.vis), cv2.IMREAD_UNCHANGED),
+                       gray=True).astype(np.float64)
+    direct, _ = compute_metrics(fused, read_for_metrics(pair.ir)[0], read_for_metrics(pair.vis)[0], ("SD", "VIF"))
+    scored = score_group([pair], {"tiny": fuser})["tiny"]
+    assert scored["SD"] == direct["SD"] and scored["VIF"] == direct["VIF"]
+    # A factor that rounds back to the image's own size would score the plain pairs again: refused.
+    assert main(["--task", "medical", "--lists", str(lists), "--resampled", "0.995", f"tiny={tiny_weights}"]) == 2
+    assert "at its size; use a smaller factor" in capsys.readouterr().err
 
 
 def test_resampling_keeps_size_and_type_and_softens_hard_edges():
@@ -105,7 +146,10 @@ def test_resampling_keeps_size_and_type_and_softens_hard_edges():
     assert out.shape == step.shape and out.dtype == np.uint8
     values = set(np.unique(out).tolist())
     assert {0, 255} <= values and len(values) > 2  # the edge now has values between its two sides
-    assert np.array_equal(resampled(np.full((9, 7), 100, np.uint16), 0.5), np.full((9, 7), 100, np.uint16))
+    deep = np.zeros((30, 40), np.uint16)
+    deep[:, 20:] = 65535
+    out = resampled(deep, 0.5)
+    assert out.dtype == np.uint16 and len(np.unique(out)) > 2 and out.max() == 65535
 
 
 def test_cells_below_and_bad_arguments(tmp_path, tiny_weights, capsys):

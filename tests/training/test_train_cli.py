@@ -139,6 +139,8 @@ def test_jitters_are_run_settings(tmp_path):
     assert stored["scale_jitter"] == 0.3 and stored["gamma_jitter"] == 0.2
     res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--resume", "--scale-jitter", "0.5", *FAST)
     assert res.exit_code == 2 and "scale_jitter 0.3 -> 0.5" in res.output, res.output
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", "--resume", "--gamma-jitter", "0.5", *FAST)
+    assert res.exit_code == 2 and "gamma_jitter 0.2 -> 0.5" in res.output, res.output
 
 
 def test_existing_run_needs_resume(tmp_path):
