@@ -53,6 +53,10 @@ _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _ANGLE_FLOOR = 1e-3
 
 
+#: The fields of LossWeights that weight a term of the loss (each a finite number >= 0).
+_TERM_WEIGHTS = ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess")
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the three terms and how the two SSIM terms are weighted.
@@ -74,7 +78,7 @@ class LossWeights:
     #                             (the blend head's; the direct head's sigmoid never leaves [0, 1]: 0 there)
 
     def __post_init__(self):
-        for name in ("intensity", "gradient", "ssim", "gradient_gain", "vif", "scd", "qabf", "excess"):
+        for name in (*_TERM_WEIGHTS, "gradient_gain"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -86,7 +90,7 @@ class LossWeights:
             raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess"):  # the terms' weights
+        for name in _TERM_WEIGHTS:
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
