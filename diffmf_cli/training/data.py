@@ -30,6 +30,7 @@ import torch
 from diffmf_cli.errors import InputError, UsageError
 from diffmf_cli.io.images import is_gray, read_image, rgb_to_ycrcb, to_float, to_gray
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
+from diffmf_cli.training.losses import TERM_WEIGHTS
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,15 @@ class SourceSpec:
     """Where one source's pairs come from: ``ir`` + ``vis`` folders, or a ``pairs`` CSV list.
 
     ``weight``: relative sampling weight, or None for the default (sqrt of the source's pixel count).
+    ``loss_scale``: factors on loss terms for this source's crops only (``{"scd": 0.5}`` halves the SCD term's
+    weight on them), or None; terms not named keep their weight. TOML only (``loss_scale = { scd = 0.5 }``).
     """
 
     ir: str | None = None
     vis: str | None = None
     pairs: str | None = None
     weight: float | None = None
+    loss_scale: dict[str, float] | None = None
 
     def __post_init__(self):
         folders = self.ir is not None or self.vis is not None
@@ -50,6 +54,8 @@ class SourceSpec:
             raise UsageError("a training source is either an --ir/--vis folder pair or a --pairs CSV list")
         if self.weight is not None and not (self.weight > 0 and math.isfinite(self.weight)):
             raise UsageError(f"source weight must be a positive number, got {self.weight}")
+        if self.loss_scale is not None:
+            check_loss_scale(self.loss_scale)
 
     @property
     def label(self) -> str:
@@ -60,16 +66,29 @@ class SourceSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> SourceSpec:
-        unknown = set(d) - {"ir", "vis", "pairs", "weight"}
+        unknown = set(d) - {"ir", "vis", "pairs", "weight", "loss_scale"}
         if unknown:
             raise UsageError(f"unknown keys in a training source: {sorted(unknown)}")
-        weight = d.get("weight")
+        weight, scale = d.get("weight"), d.get("loss_scale")
+        if scale is not None and not isinstance(scale, dict):
+            raise UsageError(f"a source's loss_scale must be a table of term = factor, got {scale!r}")
         return cls(
             ir=None if d.get("ir") is None else str(d["ir"]),
             vis=None if d.get("vis") is None else str(d["vis"]),
             pairs=None if d.get("pairs") is None else str(d["pairs"]),
             weight=None if weight is None else float(weight),
+            loss_scale=None if scale is None else dict(scale),
         )
+
+
+def check_loss_scale(scale: dict) -> None:
+    """UsageError unless `scale` maps loss term names to finite factors >= 0."""
+    for term, factor in scale.items():
+        if term not in TERM_WEIGHTS:
+            raise UsageError(f"unknown loss term {term!r} in a source's loss_scale (terms: {', '.join(TERM_WEIGHTS)})")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
+                factor >= 0 and math.isfinite(factor)):
+            raise UsageError(f"loss_scale {term} must be a number >= 0, got {factor!r}")
 
 
 def list_source_pairs(spec: SourceSpec) -> list[Pair]:
@@ -186,12 +205,19 @@ class CropSampler:
         self.weights = np.array(chosen, dtype=np.float64)
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ir, vis, _ = self.batch_with_sources(step, batch_size)
+        return ir, vis
+
+    def batch_with_sources(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """The batch of `step` and, per crop, the index of the source it came from."""
         rng = np.random.default_rng([self.seed, step])
         c = self.crop
         ir_out = np.empty((batch_size, 1, c, c), dtype=np.float32)
         vis_out = np.empty((batch_size, 1, c, c), dtype=np.float32)
+        origin = np.empty(batch_size, dtype=np.int64)
         for i in range(batch_size):
-            src = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+            origin[i] = int(rng.choice(len(self.sources), p=self.weights))
+            src = self.sources[origin[i]]
             pair = src[int(rng.integers(len(src)))]
             h, w = pair.ir.shape[:2]
             side = c
@@ -210,7 +236,7 @@ class CropSampler:
                 vis = vis ** np.float32(_log_uniform(rng, self.gamma_jitter))
             ir_out[i, 0] = _dihedral(ir, k, flip)
             vis_out[i, 0] = _dihedral(vis, k, flip)
-        return torch.from_numpy(ir_out), torch.from_numpy(vis_out)
+        return torch.from_numpy(ir_out), torch.from_numpy(vis_out), origin
 
 
 def _resize(img: np.ndarray, size: int) -> np.ndarray:

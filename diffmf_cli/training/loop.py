@@ -108,6 +108,8 @@ class TrainSettings:
             raise UsageError(f"crop must be at least 16 pixels, got {self.crop}")
         check_jitter("scale-jitter", self.scale_jitter)
         check_jitter("gamma-jitter", self.gamma_jitter)
+        if any(spec.loss_scale for spec in self.val_sources):
+            raise UsageError("loss_scale applies to training sources only; a validation source cannot have one")
         if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
 
@@ -598,6 +600,15 @@ def _write_run_record(files: RunFiles, settings: TrainSettings, sampler: CropSam
     })
 
 
+def _sample_scale(sources: list[SourceSpec], origin) -> dict[str, torch.Tensor] | None:
+    """Per-crop factors on the loss terms that some source's ``loss_scale`` names (None when none does)."""
+    terms = sorted({term for spec in sources for term in (spec.loss_scale or {})})
+    if not terms:
+        return None
+    return {term: torch.tensor([float((sources[k].loss_scale or {}).get(term, 1.0)) for k in origin])
+            for term in terms}
+
+
 def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSettings, loss_weights: LossWeights,
                 files: RunFiles) -> tuple[float, torch.Tensor, dict]:
     """One optimiser step on batch `state.step` (then the EMA, and the step count); returns (lr, loss, parts).
@@ -605,9 +616,9 @@ def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSett
     lr = learning_rate(settings, state.step)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
-    ir, vis = sampler.batch(state.step, settings.batch_size)
+    ir, vis, origin = sampler.batch_with_sources(state.step, settings.batch_size)
     fused, unclamped = _fuse(state.model, ir, vis, loss_weights)
-    loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped)
+    loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped, _sample_scale(settings.sources, origin))
     if not torch.isfinite(loss):
         raise DiffMFError(f"training diverged: loss is {float(loss)} at step {state.step + 1}; "
                           f"lower --lr (last checkpoint: {files.checkpoint})")

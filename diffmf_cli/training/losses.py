@@ -54,7 +54,7 @@ _ANGLE_FLOOR = 1e-3
 
 
 #: The fields of LossWeights that weight a term of the loss (each a finite number >= 0).
-_TERM_WEIGHTS = ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess")
+TERM_WEIGHTS = ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class LossWeights:
     #                             (the blend head's; the direct head's sigmoid never leaves [0, 1]: 0 there)
 
     def __post_init__(self):
-        for name in (*_TERM_WEIGHTS, "gradient_gain"):
+        for name in (*TERM_WEIGHTS, "gradient_gain"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -90,7 +90,7 @@ class LossWeights:
             raise ValueError(f"gradient_target must be 'sources' or 'maximum', got {self.gradient_target!r}")
         if self.ssim_form not in ("gaussian", "evaluator"):
             raise ValueError(f"ssim_form must be 'gaussian' or 'evaluator', got {self.ssim_form!r}")
-        for name in _TERM_WEIGHTS:
+        for name in TERM_WEIGHTS:
             if not 0 <= getattr(self, name) < float("inf"):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
 
@@ -266,8 +266,23 @@ def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
     return (g_ir + eps) / total, (g_vi + eps) / total
 
 
+def _mean(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a per-pixel (B, 1, H, W) or per-sample (B,) loss; with `scale` (B,), each sample's mean is
+    multiplied by its factor first. Without one it is exactly ``x.mean()``."""
+    if scale is None:
+        return x.mean()
+    scale = scale.to(x)
+    return (x.flatten(1).mean(dim=1) * scale if x.dim() > 1 else x * scale).mean()
+
+
+def _shortfall(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``1 − mean(x)`` of a per-sample score, each sample's shortfall scaled by `scale` (B,) when given."""
+    return 1 - x.mean() if scale is None else ((1 - x) * scale.to(x)).mean()
+
+
 def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
                 weights: LossWeights = LOSS_PRESETS["ir-vis"], unclamped: torch.Tensor | None = None,
+                sample_scale: dict[str, torch.Tensor] | None = None,
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of a fused batch against its sources.
 
@@ -277,38 +292,44 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
     ``unclamped``: the head's output before its clamp (``model(ir, vis, clamp=False)``), which the ``excess``
     term needs: a pixel clipped to 0 or 1 passes no gradient to the other terms, so without it nothing pulls a
     pixel back that the network has pushed past the range.
+    ``sample_scale``: per-sample factors (B,) on named terms (a training source's ``loss_scale``); the parts
+    stay the unscaled batch means.
     """
     if not (fused.shape == ir.shape == vis.shape) or fused.dim() != 4 or fused.shape[1] != 1:
         raise ValueError(f"fusion_loss needs three (B, 1, H, W) tensors of one shape, got "
                          f"{tuple(fused.shape)}, {tuple(ir.shape)}, {tuple(vis.shape)}")
+    scale = (sample_scale or {}).get
     top = torch.maximum(ir, vis)
-    intensity = (fused - top).abs().mean()
+    intensity = (fused - top).abs()
     g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
     g_target = torch.maximum(g_ir, g_vis) if weights.gradient_target == "sources" else sobel_magnitude(top)
-    gradient = (g_f - weights.gradient_gain * g_target).abs().mean()
+    gradient = (g_f - weights.gradient_gain * g_target).abs()
     w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
     sim = evaluator_ssim if weights.ssim_form == "evaluator" else ssim
-    structural = (w_ir * sim(fused, ir) + w_vi * sim(fused, vis)).mean()
-    total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * (1 - structural)
-    parts = {"intensity": intensity.detach(), "gradient": gradient.detach(), "ssim": structural.detach()}
+    structural = w_ir * sim(fused, ir) + w_vi * sim(fused, vis)
+    total = (weights.intensity * _mean(intensity, scale("intensity"))
+             + weights.gradient * _mean(gradient, scale("gradient"))
+             + weights.ssim * _shortfall(structural, scale("ssim")))
+    parts = {"intensity": intensity.mean().detach(), "gradient": gradient.mean().detach(),
+             "ssim": structural.mean().detach()}
     if weights.vif:
-        fidelity = ((vif(fused, ir) + vif(fused, vis)) / 2).mean()
-        total = total + weights.vif * (1 - fidelity)
-        parts["vif"] = fidelity.detach()
+        fidelity = (vif(fused, ir) + vif(fused, vis)) / 2
+        total = total + weights.vif * _shortfall(fidelity, scale("vif"))
+        parts["vif"] = fidelity.mean().detach()
     if weights.scd:
-        difference = scd(fused, ir, vis).mean()
-        total = total + weights.scd * (1 - difference / 2)
-        parts["scd"] = difference.detach()
+        difference = scd(fused, ir, vis)
+        total = total + weights.scd * _shortfall(difference / 2, scale("scd"))
+        parts["scd"] = difference.mean().detach()
     if weights.qabf:
-        edges = qabf(fused, ir, vis).mean()
-        total = total + weights.qabf * (1 - edges)
-        parts["qabf"] = edges.detach()
+        edges = qabf(fused, ir, vis)
+        total = total + weights.qabf * _shortfall(edges, scale("qabf"))
+        parts["qabf"] = edges.mean().detach()
     if weights.excess:
         if unclamped is None or unclamped.shape != fused.shape:
             raise ValueError("the excess term needs the head's unclamped output, of the fused batch's shape")
-        beyond = (F.relu(unclamped - 1) + F.relu(-unclamped)).mean()
-        total = total + weights.excess * beyond
-        parts["excess"] = beyond.detach()
+        beyond = F.relu(unclamped - 1) + F.relu(-unclamped)
+        total = total + weights.excess * _mean(beyond, scale("excess"))
+        parts["excess"] = beyond.mean().detach()
     return total, parts
 
 
@@ -319,5 +340,5 @@ class FusionLoss(nn.Module):
         super().__init__()
         self.weights = LOSS_PRESETS[weights] if isinstance(weights, str) else weights
 
-    def forward(self, fused, ir, vis, unclamped=None):
-        return fusion_loss(fused, ir, vis, self.weights, unclamped)
+    def forward(self, fused, ir, vis, unclamped=None, sample_scale=None):
+        return fusion_loss(fused, ir, vis, self.weights, unclamped, sample_scale)

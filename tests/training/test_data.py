@@ -194,6 +194,30 @@ def test_source_weights(tmp_path):
     assert 0.68 < n_small / 400 < 0.82
 
 
+def test_batch_with_sources_names_each_crops_source(tmp_path):
+    images, _ = load_sources([_write_pairs(tmp_path / "a", n=2), _write_pairs(tmp_path / "b", n=2, seed=1)], 16)
+    for p in images[0]:
+        p.ir[:] = 10
+    for p in images[1]:
+        p.ir[:] = 200
+    sampler = CropSampler(images, 16, 3, [1.0, 1.0])
+    ir, vis, origin = sampler.batch_with_sources(5, 32)
+    assert origin.tolist() == [0 if float(x.mean()) < 0.5 else 1 for x in ir] and set(origin.tolist()) == {0, 1}
+    plain_ir, plain_vis = sampler.batch(5, 32)  # the same crops as without the sources
+    assert torch.equal(plain_ir, ir) and torch.equal(plain_vis, vis)
+
+
+def test_source_loss_scale(tmp_path):
+    spec = SourceSpec.from_dict({"pairs": "x.csv", "loss_scale": {"scd": 0.5, "vif": 0}})
+    assert spec.loss_scale == {"scd": 0.5, "vif": 0}
+    assert SourceSpec.from_dict(spec.to_dict()) == spec and "loss_scale" not in SourceSpec(pairs="x.csv").to_dict()
+    for bad, match in (({"scd_": 1.0}, "unknown loss term 'scd_'"), ({"scd": -1}, "scd must be a number >= 0"),
+                       ({"scd": True}, "number"), ({"scd": "0.5"}, "number"), ({"scd": float("nan")}, "number"),
+                       (0.5, "must be a table")):
+        with pytest.raises(UsageError, match=match):
+            SourceSpec.from_dict({"pairs": "x.csv", "loss_scale": bad})
+
+
 def test_small_images_are_padded_to_the_crop(tmp_path):
     spec = _write_pairs(tmp_path / "s", n=1, size=(10, 12))
     images, _ = load_sources([spec], 16)

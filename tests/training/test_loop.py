@@ -117,6 +117,27 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, source):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_source_loss_scale_trains_each_sources_crops_with_its_factors(tmp_path, source):
+    """A source whose loss_scale zeroes the SCD term trains exactly as a loss without it (a factor of 1 as one
+    without the scale); the factor is kept in the run's settings, and a validation source may not have one."""
+    import dataclasses
+
+    runs = {}
+    for name, spec, loss in (("off", source, {"scd": 0.0}),
+                             ("zeroed", dataclasses.replace(source, loss_scale={"scd": 0.0}), {"scd": 20.0}),
+                             ("on", source, {"scd": 20.0}),
+                             ("one", dataclasses.replace(source, loss_scale={"scd": 1.0}), {"scd": 20.0})):
+        train(_settings(source, sources=[spec], steps=2, loss=loss), tmp_path / name, handle_signals=False)
+        runs[name] = _state(tmp_path / name)["ema"]
+    assert all(torch.equal(runs["off"][k], runs["zeroed"][k]) for k in runs["off"])
+    assert all(torch.equal(runs["on"][k], runs["one"][k]) for k in runs["on"])
+    assert not all(torch.equal(runs["on"][k], runs["off"][k]) for k in runs["on"])
+    stored = json.loads((tmp_path / "zeroed" / "settings.json").read_text())
+    assert stored["sources"][0]["loss_scale"] == {"scd": 0.0}
+    with pytest.raises(UsageError, match="training sources only"):
+        _settings(source, val_sources=[dataclasses.replace(source, loss_scale={"vif": 2.0})])
+
+
 def test_export_round_trip_and_metadata(tmp_path, source):
     settings = _settings(source, steps=3)
     train(settings, tmp_path / "run", handle_signals=False)
@@ -185,10 +206,10 @@ def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monk
     seen = []
     real = loop.fusion_loss
 
-    def spy(fused, ir, vis, weights, unclamped=None):
+    def spy(fused, ir, vis, weights, unclamped=None, sample_scale=None):
         seen.append(None if unclamped is None else
                     (torch.equal(fused, unclamped.clamp(0, 1)), bool((unclamped > 1).any())))
-        return real(fused, ir, vis, weights, unclamped)
+        return real(fused, ir, vis, weights, unclamped, sample_scale)
 
     monkeypatch.setattr(loop, "fusion_loss", spy)
     train(_settings(source, steps=2, loss={"excess": 5.0}, init_weights=str(init), val_sources=[source],

@@ -368,3 +368,27 @@ def test_excess_term_pulls_back_pixels_the_clamp_has_cut_off():
     for bad in (-1, float("nan"), "lots"):
         with pytest.raises(ValueError, match="excess"):
             LossWeights(excess=bad)
+
+
+def test_sample_scale_multiplies_each_samples_term_and_leaves_the_parts_unscaled():
+    from diffmf_cli.training.losses import scd
+
+    ir, vis = _rand(2, 1, 24, 24, seed=40), _rand(2, 1, 24, 24, seed=41)
+    fused = 0.6 * torch.maximum(ir, vis) + 0.4 * _rand(2, 1, 24, 24, seed=42)
+    weights = LossWeights(intensity=20, gradient=20, ssim=10, scd=8.0, excess=3.0)
+    unclamped = fused * 1.3 - 0.1
+    plain, parts = fusion_loss(fused, ir, vis, weights, unclamped)
+    ones = {t: torch.ones(2) for t in ("intensity", "gradient", "ssim", "scd", "excess")}
+    same, same_parts = fusion_loss(fused, ir, vis, weights, unclamped, ones)
+    torch.testing.assert_close(same, plain)
+    assert same_parts.keys() == parts.keys()
+    # SCD on the first crop only: the term is 8 · mean(1 − d₀/2, 0).
+    scaled, scaled_parts = fusion_loss(fused, ir, vis, weights, unclamped, {"scd": torch.tensor([1.0, 0.0])})
+    d = scd(fused, ir, vis)
+    without, _ = fusion_loss(fused, ir, vis, dataclasses.replace(weights, scd=0.0), unclamped)
+    assert float(scaled) == pytest.approx(float(without) + 8 * (1 - float(d[0]) / 2) / 2, rel=1e-5)
+    torch.testing.assert_close(scaled_parts["scd"], parts["scd"])  # parts stay the unscaled means
+    # A per-pixel term: intensity doubled on the second crop adds that crop's mean L1 once more, halved.
+    doubled, _ = fusion_loss(fused, ir, vis, weights, unclamped, {"intensity": torch.tensor([1.0, 2.0])})
+    extra = (fused[1] - torch.maximum(ir[1], vis[1])).abs().mean()
+    assert float(doubled) == pytest.approx(float(plain) + 20 * float(extra) / 2, rel=1e-5)
