@@ -30,7 +30,7 @@ import torch
 from diffmf_cli.errors import InputError, UsageError
 from diffmf_cli.io.images import is_gray, read_image, rgb_to_ycrcb, to_float, to_gray
 from diffmf_cli.io.pairs import Pair, pair_folders, read_pair_list
-from diffmf_cli.training.losses import TERM_WEIGHTS
+from diffmf_cli.training.losses import TERM_WEIGHTS, is_number
 
 
 @dataclass(frozen=True)
@@ -69,25 +69,24 @@ class SourceSpec:
         unknown = set(d) - {"ir", "vis", "pairs", "weight", "loss_scale"}
         if unknown:
             raise UsageError(f"unknown keys in a training source: {sorted(unknown)}")
-        weight, scale = d.get("weight"), d.get("loss_scale")
-        if scale is not None and not isinstance(scale, dict):
-            raise UsageError(f"a source's loss_scale must be a table of term = factor, got {scale!r}")
+        weight = d.get("weight")
         return cls(
             ir=None if d.get("ir") is None else str(d["ir"]),
             vis=None if d.get("vis") is None else str(d["vis"]),
             pairs=None if d.get("pairs") is None else str(d["pairs"]),
             weight=None if weight is None else float(weight),
-            loss_scale=None if scale is None else dict(scale),
+            loss_scale=d.get("loss_scale"),
         )
 
 
 def check_loss_scale(scale: dict) -> None:
-    """UsageError unless `scale` maps loss term names to finite factors >= 0."""
+    """UsageError unless `scale` is a dict of loss term names to finite factors >= 0."""
+    if not isinstance(scale, dict):
+        raise UsageError(f"a source's loss_scale must be a table of term = factor, got {scale!r}")
     for term, factor in scale.items():
         if term not in TERM_WEIGHTS:
             raise UsageError(f"unknown loss term {term!r} in a source's loss_scale (terms: {', '.join(TERM_WEIGHTS)})")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not (
-                factor >= 0 and math.isfinite(factor)):
+        if not (is_number(factor) and factor >= 0 and math.isfinite(factor)):
             raise UsageError(f"loss_scale {term} must be a number >= 0, got {factor!r}")
 
 
@@ -152,7 +151,7 @@ def default_source_weights(sources: list[list[PairImages]]) -> list[float]:
 
 def check_jitter(name: str, value) -> None:
     """UsageError unless ``value`` is a number in [0, 1] (a training setting: TOML, command line or code)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not (is_number(value) and 0 <= value <= 1):
         raise UsageError(f"{name} must be a number in [0, 1], got {value!r}")
 
 

@@ -57,6 +57,11 @@ _ANGLE_FLOOR = 1e-3
 TERM_WEIGHTS = ("intensity", "gradient", "ssim", "vif", "scd", "qabf", "excess")
 
 
+def is_number(value) -> bool:
+    """An int or a float, and not a bool (which Python counts as an int): a training setting's type check."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class LossWeights:
     """Weights of the three terms and how the two SSIM terms are weighted.
@@ -80,7 +85,7 @@ class LossWeights:
     def __post_init__(self):
         for name in (*TERM_WEIGHTS, "gradient_gain"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_number(value):
                 raise ValueError(f"{name} must be a number, got {value!r}")
         if self.ssim_weighting not in ("gradient", "equal"):
             raise ValueError(f"ssim_weighting must be 'gradient' or 'equal', got {self.ssim_weighting!r}")
@@ -266,18 +271,20 @@ def ssim_weights(ir: torch.Tensor, vis: torch.Tensor, mode: str = "gradient",
     return (g_ir + eps) / total, (g_vi + eps) / total
 
 
-def _mean(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """Mean of a per-pixel (B, 1, H, W) or per-sample (B,) loss; with `scale` (B,), each sample's mean is
-    multiplied by its factor first. Without one it is exactly ``x.mean()``."""
+def _mean(x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the term, the batch mean) of a per-pixel (B, 1, H, W) or per-sample (B,) loss: the term is the mean,
+    or with `scale` (B,) the mean of each sample's mean times its factor."""
+    mean = x.mean()
     if scale is None:
-        return x.mean()
-    scale = scale.to(x)
-    return (x.flatten(1).mean(dim=1) * scale if x.dim() > 1 else x * scale).mean()
+        return mean, mean
+    return (x.flatten(1).mean(dim=1) * scale.to(x) if x.dim() > 1 else x * scale.to(x)).mean(), mean
 
 
-def _shortfall(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """``1 − mean(x)`` of a per-sample score, each sample's shortfall scaled by `scale` (B,) when given."""
-    return 1 - x.mean() if scale is None else ((1 - x) * scale.to(x)).mean()
+def _shortfall(x: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the term, the batch mean) of a per-sample score (B,): the term is ``1 − mean``, or with `scale` (B,)
+    the mean of each sample's shortfall times its factor."""
+    mean = x.mean()
+    return (1 - mean if scale is None else ((1 - x) * scale.to(x)).mean()), mean
 
 
 def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
@@ -299,37 +306,37 @@ def fusion_loss(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor,
         raise ValueError(f"fusion_loss needs three (B, 1, H, W) tensors of one shape, got "
                          f"{tuple(fused.shape)}, {tuple(ir.shape)}, {tuple(vis.shape)}")
     scale = (sample_scale or {}).get
+    # The order of these operations is the order autograd sums their gradients in: keep it (bitwise reruns).
     top = torch.maximum(ir, vis)
-    intensity = (fused - top).abs()
+    intensity, mean_intensity = _mean((fused - top).abs(), scale("intensity"))
     g_ir, g_vis, g_f = sobel_magnitude(ir), sobel_magnitude(vis), sobel_magnitude(fused)
     g_target = torch.maximum(g_ir, g_vis) if weights.gradient_target == "sources" else sobel_magnitude(top)
-    gradient = (g_f - weights.gradient_gain * g_target).abs()
+    gradient, mean_gradient = _mean((g_f - weights.gradient_gain * g_target).abs(), scale("gradient"))
     w_ir, w_vi = ssim_weights(ir, vis, weights.ssim_weighting, g_ir, g_vis)
     sim = evaluator_ssim if weights.ssim_form == "evaluator" else ssim
-    structural = w_ir * sim(fused, ir) + w_vi * sim(fused, vis)
-    total = (weights.intensity * _mean(intensity, scale("intensity"))
-             + weights.gradient * _mean(gradient, scale("gradient"))
-             + weights.ssim * _shortfall(structural, scale("ssim")))
-    parts = {"intensity": intensity.mean().detach(), "gradient": gradient.mean().detach(),
-             "ssim": structural.mean().detach()}
+    structural, mean_structural = _shortfall(w_ir * sim(fused, ir) + w_vi * sim(fused, vis), scale("ssim"))
+    total = weights.intensity * intensity + weights.gradient * gradient + weights.ssim * structural
+    parts = {"intensity": mean_intensity.detach(), "gradient": mean_gradient.detach(),
+             "ssim": mean_structural.detach()}
     if weights.vif:
-        fidelity = (vif(fused, ir) + vif(fused, vis)) / 2
-        total = total + weights.vif * _shortfall(fidelity, scale("vif"))
-        parts["vif"] = fidelity.mean().detach()
+        term, mean = _shortfall((vif(fused, ir) + vif(fused, vis)) / 2, scale("vif"))
+        total = total + weights.vif * term
+        parts["vif"] = mean.detach()
     if weights.scd:
-        difference = scd(fused, ir, vis)
-        total = total + weights.scd * _shortfall(difference / 2, scale("scd"))
-        parts["scd"] = difference.mean().detach()
+        # The term is 1 − SCD/2; the part is SCD's mean, twice the mean of SCD/2 (halving is exact in floats).
+        term, half = _shortfall(scd(fused, ir, vis) / 2, scale("scd"))
+        total = total + weights.scd * term
+        parts["scd"] = (2 * half).detach()
     if weights.qabf:
-        edges = qabf(fused, ir, vis)
-        total = total + weights.qabf * _shortfall(edges, scale("qabf"))
-        parts["qabf"] = edges.mean().detach()
+        term, mean = _shortfall(qabf(fused, ir, vis), scale("qabf"))
+        total = total + weights.qabf * term
+        parts["qabf"] = mean.detach()
     if weights.excess:
         if unclamped is None or unclamped.shape != fused.shape:
             raise ValueError("the excess term needs the head's unclamped output, of the fused batch's shape")
-        beyond = F.relu(unclamped - 1) + F.relu(-unclamped)
-        total = total + weights.excess * _mean(beyond, scale("excess"))
-        parts["excess"] = beyond.mean().detach()
+        term, mean = _mean(F.relu(unclamped - 1) + F.relu(-unclamped), scale("excess"))
+        total = total + weights.excess * term
+        parts["excess"] = mean.detach()
     return total, parts
 
 
