@@ -3,8 +3,8 @@
 
     python scripts/bench_head.py [--threads 2] [--rounds 9] [--size 480 640]
 
-The cpu preset with the blend head (the default), the blend head with the selection prior k = 40 (the
-shipped medical model's) and the direct head (the first release's), random
+The cpu preset with the blend head (the default), the blend head with the selection prior k = 40 and the
+residual bounded by the blend's room (the shipped medical model's) and the direct head (the first release's), random
 weights, float32, torch.inference_mode, after warm-up; passes alternate (and which goes first rotates) so
 load from other processes falls on both alike. Reports each head's median wall time and process CPU time per
 pair and the ratios to the direct head of both.
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu_cfg = get_config("cpu")
     models = {"blend": create_model(cpu_cfg.replace(head="blend")).eval(),
               "blend k=40": create_model(cpu_cfg.replace(head="blend", select_gain=40.0)).eval(),
+              "blend k=40 range": create_model(cpu_cfg.replace(head="blend", select_gain=40.0,
+                                                               residual_bound="range")).eval(),
               "direct": create_model(cpu_cfg.replace(head="direct")).eval()}
     ir, vis = torch.rand(1, 1, *args.size), torch.rand(1, 1, *args.size)
     wall: dict[str, list[float]] = {h: [] for h in models}
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[head].append(time.process_time() - c0)
     med = {h: (statistics.median(wall[h]), statistics.median(cpu[h])) for h in models}
     for head, (w, c) in med.items():
-        print(f"{head:10s} head: {w * 1000:7.1f} ms wall, {c * 1000:7.1f} ms CPU per {args.size[0]}x{args.size[1]} pair")
-    for head in ("blend", "blend k=40"):
+        print(f"{head:16s} head: {w * 1000:7.1f} ms wall, {c * 1000:7.1f} ms CPU per {args.size[0]}x{args.size[1]} pair")
+    for head in ("blend", "blend k=40", "blend k=40 range"):
         print(f"{head} / direct: wall {med[head][0] / med['direct'][0]:.3f}, CPU {med[head][1] / med['direct'][1]:.3f}")
     print(f"(load average {os.getloadavg()[0]:.1f})")
     return 0

@@ -95,7 +95,7 @@ def train_command(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors or a "
                                         "shipped name) instead of random ones: fine-tuning; the model config "
                                         "is the file's, except head options given with --model-option "
-                                        "(select_gain, residual_scale)."),
+                                        "(select_gain, residual_scale, residual_bound)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
                                           "(command-line options win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),

@@ -33,6 +33,10 @@ Our decisions (the paper is silent on each; all are fields of `DiffMFConfig`):
   ``select_gain`` k > 0 adds a fixed prior to the weight's logit, ``w = σ(o₁ + k·(IR − Y))``: training then
   starts near the pixel-wise maximum (a strong baseline on every fusion metric that rewards kept source
   intensity, and the intensity loss's target) rather than the mean; k = 0 is the plain blend head.
+  ``residual_bound = "range"`` bounds the residual by the room the blend B = w·IR + (1 − w)·Y leaves instead:
+  ``r = t·(1 − B)`` for ``t = tanh(o₂) ≥ 0`` and ``t·B`` below, so F stays inside (0, 1) without the clamp, which
+  passes no gradient back from a pixel it has cut off (``residual_scale`` is then unused); ``"clamp"`` (files
+  written before the field existed) is the fixed bound and the clamp above.
   ``"direct"``: the fused Y is the sigmoid of a one-channel last conv (drawn from scratch; the first release's
   head, kept for the ablation; weights files without a ``head`` field are this head).
 - Padding: inputs are reflect-padded (replicate where the image is too small to reflect) to a multiple of
@@ -55,6 +59,7 @@ from diffmf_cli.modules.spatial_exchange import NoSpatialExchange, SpatialExchan
 
 
 HEADS = ("blend", "direct")
+RESIDUAL_BOUNDS = ("clamp", "range")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class DiffMFConfig:
     head: str = "blend"                # "blend": w·IR + (1-w)·Y + r;  "direct": sigmoid(conv)
     residual_scale: float = 0.5        # blend head: |r| <= residual_scale
     select_gain: float = 0.0           # blend head: w = sigmoid(o1 + select_gain·(IR − Y)); 0 = no prior
+    residual_bound: str = "clamp"      # blend head: "clamp": |r| <= residual_scale, then clamp; "range": r
+                                       # scaled by the blend's room to 0 or 1 (no clamp needed)
 
     def __post_init__(self):
         if self.dim < 1 or self.stem_channels < 1 or self.d_state < 1 or self.decoder_channels < 1:
@@ -91,6 +98,9 @@ class DiffMFConfig:
                              f"{self.sem_arrangements}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.residual_bound not in RESIDUAL_BOUNDS:
+            raise ValueError(f"residual_bound must be one of {', '.join(RESIDUAL_BOUNDS)}, "
+                             f"got {self.residual_bound!r}")
         if not self.residual_scale >= 0:
             raise ValueError(f"residual_scale must be >= 0, got {self.residual_scale}")
         if not self.select_gain >= 0:
@@ -174,6 +184,7 @@ class Decoder(nn.Module):
         self.mode = cfg.head
         self.residual_scale = cfg.residual_scale
         self.select_gain = cfg.select_gain
+        self.residual_bound = cfg.residual_bound
         self.head = conv3x3(width, 2 if cfg.head == "blend" else 1, **fk)
         if cfg.head == "blend":  # start from the mean of the two sources
             nn.init.zeros_(self.head.weight)
@@ -190,8 +201,12 @@ class Decoder(nn.Module):
         if self.select_gain:
             logit = logit + self.select_gain * (ir - vis_y)
         weight = torch.sigmoid(logit)
-        residual = self.residual_scale * torch.tanh(out[:, 1:])
-        fused = weight * ir + (1 - weight) * vis_y + residual
+        blend = weight * ir + (1 - weight) * vis_y
+        t = torch.tanh(out[:, 1:])
+        if self.residual_bound == "range":  # inside (0, 1) by construction; the clamp only guards rounding
+            fused = blend + t * torch.where(t >= 0, 1 - blend, blend)
+        else:
+            fused = blend + self.residual_scale * t
         return fused.clamp(0, 1) if clamp else fused
 
 

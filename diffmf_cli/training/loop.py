@@ -420,7 +420,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 #: Config fields a fine-tune (--init) may change: they act in the output head only, so the file's weights mean
 #: the same in the new network.
-INIT_MAY_CHANGE = ("select_gain", "residual_scale")
+INIT_MAY_CHANGE = ("select_gain", "residual_scale", "residual_bound")
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:
@@ -432,7 +432,7 @@ def _init_from(model: torch.nn.Module, path: str) -> None:
     theirs, ours = source.config.to_dict(), model.config.to_dict()
     rewired = sorted(k for k in ours if ours[k] != theirs.get(k) and k not in INIT_MAY_CHANGE)
     if rewired:
-        raise UsageError(f"{path}: --init may change only {' and '.join(INIT_MAY_CHANGE)} of the file's model "
+        raise UsageError(f"{path}: --init may change only {', '.join(INIT_MAY_CHANGE)} of the file's model "
                          f"config; this run also changes {', '.join(rewired)}")
     model.load_state_dict(source.state_dict())
 

@@ -62,6 +62,31 @@ def test_blend_head_mixes_sources_and_adds_a_bounded_residual():
         torch.testing.assert_close(model(ir, vi, clamp=False), vi - 0.25, atol=1e-6, rtol=0)
 
 
+def test_range_bound_keeps_the_residual_inside_the_blends_room_without_the_clamp():
+    torch.manual_seed(0)
+    assert get_config("tiny").residual_bound == "clamp"  # files without the field: the fixed bound
+    model = create_model(get_config("tiny").replace(residual_bound="range")).eval()
+    head = model.decoder.head
+    ir, vi = torch.full((1, 1, 16, 16), 0.8), torch.full((1, 1, 16, 16), 0.2)
+    t = torch.tanh(torch.tensor(0.5))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ir, vi), (ir + vi) / 2)  # starts from the mean, as the clamp bound
+        head.bias.copy_(torch.tensor([-20.0, 0.5]))   # w ≈ 0, t > 0: Y + t·(1 − Y)
+        torch.testing.assert_close(model(ir, vi), vi + t * (1 - vi), atol=1e-6, rtol=0)
+        head.bias.copy_(torch.tensor([-20.0, -0.5]))  # t < 0: Y − t·Y
+        torch.testing.assert_close(model(ir, vi), vi * (1 - t), atol=1e-6, rtol=0)
+        head.bias.copy_(torch.tensor([20.0, 8.0]))    # pushed hard: close to 1, never past it, no clamp at work
+        out = model(ir, vi, clamp=False)
+        assert 0.99 < out.min() and out.max() <= 1.0
+    head.bias.requires_grad_(True)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([20.0, 3.0]))    # where the clamp bound would have cut IR + 0.5 off at 1
+    model(ir, vi).sum().backward()
+    assert head.bias.grad[1] > 0  # ... the residual still gets a gradient
+    with pytest.raises(ValueError, match="residual_bound"):
+        get_config("tiny").replace(residual_bound="soft")
+
+
 def test_select_gain_starts_near_the_pixel_max_and_is_off_by_default():
     torch.manual_seed(0)
     assert get_config("tiny").select_gain == 0

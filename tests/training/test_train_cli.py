@@ -253,10 +253,11 @@ def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
 
     # A config change that keeps the parameters (the head's prior) is a fine-tuning choice.
     res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "prior", "--steps", "1", "--init", weights,
-               "--model-option", "select_gain=5", *fast)
+               "--model-option", "select_gain=5", "--model-option", "residual_bound=range", *fast)
     assert res.exit_code == 0, res.output
     model, _ = load_weights(RunFiles(tmp_path / "prior").model)
-    assert model.config.select_gain == 5 and model.config.use_guidance is False
+    assert model.config.select_gain == 5 and model.config.residual_bound == "range"
+    assert model.config.use_guidance is False
     # A resumed fine-tune keeps that change without repeating it (and without re-reading the --init file).
     res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "prior2", "--steps", "2", "--init", weights,
                "--model-option", "select_gain=5", "--max-minutes", "0.0001", *fast)
