@@ -34,7 +34,7 @@ Our decisions (the paper is silent on each; all are fields of `DiffMFConfig`):
   starts near the pixel-wise maximum (a strong baseline on every fusion metric that rewards kept source
   intensity, and the intensity loss's target) rather than the mean; k = 0 is the plain blend head.
   ``residual_bound = "range"`` bounds the residual by the room the blend B = w·IR + (1 − w)·Y leaves instead:
-  ``r = t·(1 − B)`` for ``t = tanh(o₂) ≥ 0`` and ``t·B`` below, so F stays inside (0, 1) without the clamp, which
+  ``r = t·(1 − B)`` for ``t = tanh(o₂) ≥ 0`` and ``t·B`` below, so F stays inside [0, 1] without the clamp, which
   passes no gradient back from a pixel it has cut off (``residual_scale`` is then unused); ``"clamp"`` (files
   written before the field existed) is the fixed bound and the clamp above.
   ``"direct"``: the fused Y is the sigmoid of a one-channel last conv (drawn from scratch; the first release's

@@ -65,7 +65,9 @@ def test_blend_head_mixes_sources_and_adds_a_bounded_residual():
 def test_range_bound_keeps_the_residual_inside_the_blends_room_without_the_clamp():
     torch.manual_seed(0)
     assert get_config("tiny").residual_bound == "clamp"  # files without the field: the fixed bound
-    model = create_model(get_config("tiny").replace(residual_bound="range")).eval()
+    cfg = get_config("tiny").replace(residual_bound="range", residual_scale=0.1)  # the scale has no say here
+    assert DiffMFConfig.from_dict(cfg.to_dict()) == cfg
+    model = create_model(cfg).eval()
     head = model.decoder.head
     ir, vi = torch.full((1, 1, 16, 16), 0.8), torch.full((1, 1, 16, 16), 0.2)
     t = torch.tanh(torch.tensor(0.5))
@@ -105,8 +107,9 @@ def test_direct_head_is_selectable_and_is_what_old_files_without_the_field_mean(
     model = create_model(cfg)
     assert model.decoder.head.out_channels == 1
     legacy = get_config("tiny").to_dict()
-    del legacy["head"], legacy["residual_scale"]
+    del legacy["head"], legacy["residual_scale"], legacy["residual_bound"]
     assert DiffMFConfig.from_dict(legacy).head == "direct"
+    assert DiffMFConfig.from_dict(legacy).residual_bound == "clamp"
     with pytest.raises(ValueError, match="head"):
         get_config("tiny").replace(head="sharpen")
 

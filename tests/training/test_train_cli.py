@@ -260,11 +260,13 @@ def test_init_fine_tunes_from_weights_with_their_config(tmp_path):
     assert model.config.use_guidance is False
     # A resumed fine-tune keeps that change without repeating it (and without re-reading the --init file).
     res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "prior2", "--steps", "2", "--init", weights,
-               "--model-option", "select_gain=5", "--max-minutes", "0.0001", *fast)
+               "--model-option", "select_gain=5", "--model-option", "residual_bound=range",
+               "--max-minutes", "0.0001", *fast)
     assert res.exit_code == 0, res.output
     res = _run("--out", tmp_path / "prior2", "--resume")
     assert res.exit_code == 0, res.output
-    assert load_weights(RunFiles(tmp_path / "prior2").model)[0].config.select_gain == 5
+    resumed = load_weights(RunFiles(tmp_path / "prior2").model)[0].config
+    assert resumed.select_gain == 5 and resumed.residual_bound == "range"
     # Anything that rewires the network is refused, even where the parameter shapes would stay the same.
     for option in ("use_guidance=true", "exchange_bc=false"):
         res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "rewired", "--steps", "1", "--init", weights,
