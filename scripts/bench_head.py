@@ -4,8 +4,8 @@
     python scripts/bench_head.py [--threads 2] [--rounds 9] [--size 480 640]
 
 The cpu preset with the blend head (the default), the blend head with the selection prior k = 40, the same
-with the residual bounded by the blend's room (the shipped medical model's) and the direct head (the first release's), random
-weights, float32, torch.inference_mode, after warm-up; passes alternate (and which goes first rotates) so
+with the residual bounded by the blend's room (the shipped medical model's) and the direct head (the first
+release's), random weights, float32, torch.inference_mode, after warm-up; passes alternate (and which goes first rotates) so
 load from other processes falls on both alike. Reports each head's median wall time and process CPU time per
 pair and the ratios to the direct head of both.
 """

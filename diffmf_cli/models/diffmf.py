@@ -203,7 +203,7 @@ class Decoder(nn.Module):
         weight = torch.sigmoid(logit)
         blend = weight * ir + (1 - weight) * vis_y
         t = torch.tanh(out[:, 1:])
-        if self.residual_bound == "range":  # inside (0, 1) by construction; the clamp only guards rounding
+        if self.residual_bound == "range":  # inside [0, 1] by construction; the clamp only guards rounding
             fused = blend + t * torch.where(t >= 0, 1 - blend, blend)
         else:
             fused = blend + self.residual_scale * t
