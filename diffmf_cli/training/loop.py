@@ -4,7 +4,8 @@ A run lives in one folder (``RUN_DIR``):
 
 - ``settings.json``  the :class:`TrainSettings` (written once; a resume reads it back);
 - ``data.json``      the pairs of every source and the sampling weights actually used;
-- ``checkpoint.pt``  model, EMA, optimizer, torch RNG state, step, wall time (``torch.save`` of tensors and
+- ``checkpoint.pt``  model, EMA, optimizer, torch RNG state, step, wall time, and with the ``anchor`` loss
+  term the frozen starting model (``torch.save`` of tensors and
   plain Python values only, so ``torch.load(weights_only=True)`` reads it; written atomically);
 - ``log.jsonl``      one JSON object per logged step (``"kind": "train"``) and per validation (``"val"``);
 - ``curves.png``     loss and validation curves (redrawn at each checkpoint);
@@ -28,7 +29,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,6 +113,8 @@ class TrainSettings:
             raise UsageError("loss_scale applies to training sources only; a validation source cannot have one")
         if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
+        if self.loss_weights().anchor and not self.init_weights:
+            raise UsageError("the anchor loss term holds a fine-tune near the model it starts from: it needs --init")
 
     @property
     def crop_size(self) -> int:
@@ -307,6 +310,8 @@ def validate(model: torch.nn.Module, pairs, loss_weights: LossWeights) -> dict[s
     model.eval()
     compute, names, _ = _metric_functions()
     losses, sums, counts, failures = [], {}, {}, []
+    # The anchor term measures distance from the starting model, not the fusion: the validation loss leaves it out.
+    loss_weights = replace(loss_weights, anchor=0.0)
     for name, ir, vis in pairs:
         fused, unclamped = _fuse(model, ir, vis, loss_weights)
         if min(ir.shape[-2:]) >= (VIF_MIN_SIDE if loss_weights.vif else 11):
@@ -538,13 +543,15 @@ def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | 
 @dataclass
 class _TrainingState:
     """What a checkpoint holds: the model, its EMA, the optimiser, the step and the wall time before this
-    session (torch's RNG state is saved and restored beside them)."""
+    session (torch's RNG state is saved and restored beside them), and for the anchor loss term the frozen
+    model the run started from (so a resume needs the ``--init`` file no more than without it)."""
 
     model: torch.nn.Module
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
     step: int = 0
     wall_before: float = 0.0
+    anchor: torch.nn.Module | None = None
 
     @classmethod
     def create(cls, settings: TrainSettings, cfg, ckpt: dict | None, files: RunFiles) -> _TrainingState:
@@ -560,12 +567,18 @@ class _TrainingState:
         ema.requires_grad_(False)
         optimizer = torch.optim.Adam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
                                      weight_decay=settings.weight_decay)
-        state = cls(model, ema, optimizer)
+        anchor = None
+        if settings.loss_weights().anchor:
+            anchor = copy.deepcopy(model).eval()
+            anchor.requires_grad_(False)
+        state = cls(model, ema, optimizer, anchor=anchor)
         if ckpt is not None:
             try:
                 model.load_state_dict(ckpt["model"])
                 ema.load_state_dict(ckpt["ema"])
                 optimizer.load_state_dict(ckpt["optimizer"])
+                if anchor is not None:
+                    anchor.load_state_dict(ckpt["anchor"])
                 torch.set_rng_state(ckpt["torch_rng"])
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{files.checkpoint}: does not fit this run ({str(exc).splitlines()[0]})"
@@ -579,6 +592,7 @@ class _TrainingState:
         state = {
             "format": CHECKPOINT_FORMAT, "step": self.step, "wall_time_s": wall,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **({"anchor": self.anchor.state_dict()} if self.anchor is not None else {}),
             "torch_rng": torch.get_rng_state(), "threads": torch.get_num_threads(),
             "data_order": {"seed": settings.seed, "next_step": self.step},
             "settings": json.dumps(settings.to_dict(), sort_keys=True),
@@ -618,7 +632,12 @@ def _train_step(state: _TrainingState, sampler: CropSampler, settings: TrainSett
         group["lr"] = lr
     ir, vis, origin = sampler.batch_with_sources(state.step, settings.batch_size)
     fused, unclamped = _fuse(state.model, ir, vis, loss_weights)
-    loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped, _sample_scale(settings.sources, origin))
+    anchor = None
+    if state.anchor is not None:
+        with torch.no_grad():
+            anchor = state.anchor(ir, vis)
+    loss, parts = fusion_loss(fused, ir, vis, loss_weights, unclamped, _sample_scale(settings.sources, origin),
+                              anchor)
     if not torch.isfinite(loss):
         raise DiffMFError(f"training diverged: loss is {float(loss)} at step {state.step + 1}; "
                           f"lower --lr (last checkpoint: {files.checkpoint})")

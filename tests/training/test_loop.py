@@ -12,6 +12,7 @@ import torch
 
 from diffmf_cli.errors import CheckpointError, UsageError
 from diffmf_cli.training.data import SourceSpec
+from diffmf_cli.training.losses import LossWeights
 from diffmf_cli.training.loop import (
     VAL_METRICS,
     RunFiles,
@@ -206,10 +207,10 @@ def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monk
     seen = []
     real = loop.fusion_loss
 
-    def spy(fused, ir, vis, weights, unclamped=None, sample_scale=None):
+    def spy(fused, ir, vis, weights, unclamped=None, sample_scale=None, anchor=None):
         seen.append(None if unclamped is None else
                     (torch.equal(fused, unclamped.clamp(0, 1)), bool((unclamped > 1).any())))
-        return real(fused, ir, vis, weights, unclamped, sample_scale)
+        return real(fused, ir, vis, weights, unclamped, sample_scale, anchor)
 
     monkeypatch.setattr(loop, "fusion_loss", spy)
     train(_settings(source, steps=2, loss={"excess": 5.0}, init_weights=str(init), val_sources=[source],
@@ -221,6 +222,51 @@ def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monk
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r["excess"] > 1e-3 for r in rows if r["kind"] == "train")  # 0 if it saw the clamped output
     assert any(r["kind"] == "val" and math.isfinite(r["val_loss"]) for r in rows)
+
+
+def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exactly(tmp_path, source):
+    """The anchor term compares each step's output with the frozen --init model's; the checkpoint carries that
+    model (a resume needs no --init file), a killed run resumes bitwise, and the validation loss leaves it out."""
+    from diffmf_cli.models import create_model
+    from diffmf_cli.training import loop
+    from diffmf_cli.weights import save_weights
+
+    with pytest.raises(UsageError, match="needs --init"):
+        _settings(source, loss={"anchor": 10.0})
+    torch.manual_seed(5)
+    start = create_model(_settings(source).model_config())
+    init = save_weights(tmp_path / "start.safetensors", start)
+    settings = _settings(source, init_weights=str(init), loss={"anchor": 200.0}, steps=6, checkpoint_every=3)
+    train(settings, tmp_path / "whole", handle_signals=False)
+    whole = _state(tmp_path / "whole")
+    assert all(torch.equal(whole["anchor"][k], v) for k, v in start.state_dict().items())
+    rows = [json.loads(l) for l in RunFiles(tmp_path / "whole").log.read_text().splitlines()]
+    anchor = [r["anchor"] for r in rows if r["kind"] == "train"]
+    assert anchor[0] == 0 and all(a > 0 for a in anchor[1:])  # step 1 runs the starting weights themselves
+
+    def crash_at_5(kind, info):
+        if kind == "step" and info["step"] == 5:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        train(settings, tmp_path / "cut", report=crash_at_5, handle_signals=False)
+    init.unlink()  # the resume takes the starting model from the checkpoint
+    train(settings, tmp_path / "cut", resume=True, handle_signals=False)
+    _assert_same_state(whole, _state(tmp_path / "cut"))
+
+    save_weights(init, start)
+    train(_settings(source, init_weights=str(init), steps=6), tmp_path / "free", handle_signals=False)
+    ir, vis = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)).split(1)
+    with torch.no_grad():
+        reference = start(ir, vis)
+        moved = {}
+        for name in ("whole", "free"):
+            model = create_model(settings.model_config())
+            model.load_state_dict(_state(tmp_path / name)["model"])
+            moved[name] = float((model(ir, vis) - reference).abs().mean())
+    assert moved["whole"] < moved["free"]
+    pairs = [("p", ir, vis)]
+    assert loop.validate(start, pairs, LossWeights(anchor=50.0)) == loop.validate(start, pairs, LossWeights())
 
 
 def test_validation_rows_are_logged(tmp_path, source):

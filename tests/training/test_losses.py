@@ -370,6 +370,31 @@ def test_excess_term_pulls_back_pixels_the_clamp_has_cut_off():
             LossWeights(excess=bad)
 
 
+def test_anchor_term_is_the_mean_distance_from_the_starting_models_output():
+    ir, vis = _rand(2, 1, 16, 16, seed=47), _rand(2, 1, 16, 16, seed=48)
+    start = (ir + vis) / 2
+    fused = (start + 0.1 * _rand(2, 1, 16, 16, seed=49)).clamp(0, 1).requires_grad_(True)
+    base, parts = fusion_loss(fused, ir, vis, LossWeights())
+    assert "anchor" not in parts and LossWeights().anchor == 0
+    total, parts = fusion_loss(fused, ir, vis, LossWeights(anchor=30.0), anchor=start)
+    distance = (fused - start).abs().mean()
+    torch.testing.assert_close(parts["anchor"], distance.detach())
+    assert float(total) == pytest.approx(float(base) + 30 * float(distance), rel=1e-5)
+    same, _ = fusion_loss(start, ir, vis, LossWeights(anchor=30.0), anchor=start)
+    assert float(same) == pytest.approx(float(fusion_loss(start, ir, vis, LossWeights())[0]), rel=1e-6)
+    # Per source: the term on the first crop only adds half that crop's distance.
+    first, _ = fusion_loss(fused, ir, vis, LossWeights(anchor=30.0), sample_scale={"anchor": torch.tensor([1.0, 0.0])},
+                           anchor=start)
+    one = (fused[0] - start[0]).abs().mean()
+    assert float(first) == pytest.approx(float(base) + 30 * float(one) / 2, rel=1e-5)
+    (grad,) = torch.autograd.grad(total - base, fused)
+    assert torch.equal(grad.sign(), (fused - start).sign())  # pulls every pixel back towards the start
+    with pytest.raises(ValueError, match="starting model"):
+        fusion_loss(fused, ir, vis, LossWeights(anchor=1.0))
+    with pytest.raises(ValueError, match="anchor"):
+        LossWeights(anchor=-1)
+
+
 def test_sample_scale_multiplies_each_samples_term_and_leaves_the_parts_unscaled():
     from diffmf_cli.training.losses import scd
 
