@@ -10,7 +10,7 @@ writes, in ``--out`` (rows ``ir,vis``, paths relative to the CSV, for ``[[source
   anti-correlated (Pearson r < ``--below``, default −0.5), the ones with the smallest SHA-1 of their names.
   TNO's test pairs are like this (median r = −0.34, 80 % below 0); LLVIP's train pairs never are. Held out
   from the first training stage on, they were meant to predict TNO; measured, they did not (the fine-tune
-  they preferred, scored on TNO, lost MI, SF and AG there; README, "Shipped weights");
+  they preferred, scored on TNO, lost MI, SF and AG there; weights/training/README.md);
 - ``roadscene_val.csv``: ``--val`` of the remaining pairs, again by smallest SHA-1 of the name;
 - ``roadscene_train.csv``: the rest;
 - ``report.json``: every pair's r and the three groups.

@@ -19,13 +19,13 @@ IR–visible groups (``--task ir-vis``):
   dark visible background). TNO's test pairs are like this (median r = −0.34, 80 % below 0), the other
   train splits mostly are not (LLVIP: all above 0.18). It shows a fine-tune that flattens these scenes
   (the SCD term with 96² crops: MI −32 %, as on TNO), but the shipped models trained on these pairs, so it
-  flatters a fine-tune of them: one that gained MI, SF and AG here lost them on TNO (README). Use it to
-  reject candidates, not to accept them;
+  flatters a fine-tune of them: one that gained MI, SF and AG here lost them on TNO
+  (weights/training/README.md). Use it to reject candidates, not to accept them;
 - with ``--ir-lists DIR`` (``scripts/make_ir_vis_split.py``'s output) both RoadScene groups are its
   ``roadscene_val.csv`` and ``roadscene_anti.csv`` instead: pairs held out of training from the first stage
   on (models trained on that split never saw them; the shipped ones trained on 14 of the 16 anti pairs).
-  Even so, the fine-tune these groups preferred, scored on TNO, lost MI, SF and AG there (README): they did
-  not predict the test sets either;
+  Even so, the fine-tune these groups preferred, scored on TNO, lost MI, SF and AG there
+  (weights/training/README.md): they did not predict the test sets either;
 - ``llvip``: every 6th LLVIP train pair (low light, 1280×1024); ``msrs``: the MSRS train pairs.
 
 Medical groups (``--task medical``): the per-type validation lists of
@@ -37,8 +37,9 @@ issue's medical goals (VIF, Qabf, SSIM, EN, SD, SF, AG).
 shrunk by F (area averaging) and enlarged back to its size (bilinear), on the source's own grid (8 or 16
 bits), as an image that was resized before it reached the tool. The Harvard train slices have hard edges (CT
 bone at 255 next to 0) and CDDFuse's test slices resampled ones; on the plain validation pairs CT EN is far
-above the pixel maximum, on the test pairs below it, and with F = 0.8 below it here too (README). For the
-medical task a second line per model counts the cells below the maximum on the resampled groups.
+above the pixel maximum, on the test pairs below it, and with F = 0.8 below it here too
+(weights/training/README.md). For the medical task a second line per model counts the cells below the maximum
+on the resampled groups.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
   does not read as an edge;
 - the gradient target is max(|∇IR|, |∇Y|) (``gradient_target="sources"``), or with ``"maximum"`` the
   gradient of the pixel maximum, |∇ max(IR, Y)|, which does not ask for the darker source's texture where
-  the other is brighter (MRI texture inside PET uptake costs VIF(PET, F); measured in the README);
+  the other is brighter (MRI texture inside PET uptake costs VIF(PET, F); measured in weights/training/README.md);
 - w_ir, w_vi are each source's mean gradient magnitude, normalised to sum to 1, **per sample**
   (equal when both sources are flat);
 - SSIM with an 11×11 Gaussian window (σ = 1.5), C1 = 0.01², C2 = 0.03² for data in [0, 1], "valid"
@@ -20,7 +20,7 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
   multi-scale pixel-domain VIF computed differentiably (``vif``), and the structural term scored with the
   evaluator's own SSIM (``ssim_form="evaluator"``: 7×7 box, near-zero constants). VIF rewards keeping each
   source's local contrast, which the L1 terms do not see; it also rewards amplifying it, so a heavy VIF
-  weight costs SSIM and SCD (measured in the README).
+  weight costs SSIM and SCD (measured in weights/training/README.md).
 - optional, off in the presets: ``s·(1 − SCD/2)`` with SCD = corr(F − Y, IR) + corr(F − IR, Y) per sample
   (``scd``), which rewards carrying each source's content *in addition to* the other's; the intensity
   term's max(IR, Y) target alone scores low on it.
@@ -31,7 +31,7 @@ and for medical pairs the weights 20 / 100 / 50 with w_ir = w_vi = ½. The paper
 - optional, off in the presets, for fine-tunes only: ``n·mean|F − F₀|`` with F₀ the fused batch of the
   model the fine-tune started from (``anchor``), frozen. With a per-source ``loss_scale`` it holds the model's
   output on some data (say low-light scenes) while the other terms move it on the rest: without it, a
-  fine-tune that gained on RoadScene lost 5–8 % of SSIM on LLVIP (the README's record).
+  fine-tune that gained on RoadScene lost 5–8 % of SSIM on LLVIP (weights/training/README.md).
 
 All tensors are (B, 1, H, W), float, in [0, 1]. Everything is differentiable with respect to ``fused``.
 """
