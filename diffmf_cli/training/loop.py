@@ -567,18 +567,13 @@ class _TrainingState:
         ema.requires_grad_(False)
         optimizer = torch.optim.Adam(parameter_groups(model, settings.weight_decay), lr=settings.lr,
                                      weight_decay=settings.weight_decay)
-        anchor = None
-        if settings.loss_weights().anchor:
-            anchor = copy.deepcopy(model).eval()
-            anchor.requires_grad_(False)
+        anchor = _frozen_start(settings, ckpt, files) if settings.loss_weights().anchor else None
         state = cls(model, ema, optimizer, anchor=anchor)
         if ckpt is not None:
             try:
                 model.load_state_dict(ckpt["model"])
                 ema.load_state_dict(ckpt["ema"])
                 optimizer.load_state_dict(ckpt["optimizer"])
-                if anchor is not None:
-                    anchor.load_state_dict(ckpt["anchor"])
                 torch.set_rng_state(ckpt["torch_rng"])
             except (KeyError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"{files.checkpoint}: does not fit this run ({str(exc).splitlines()[0]})"
@@ -592,7 +587,8 @@ class _TrainingState:
         state = {
             "format": CHECKPOINT_FORMAT, "step": self.step, "wall_time_s": wall,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
-            **({"anchor": self.anchor.state_dict()} if self.anchor is not None else {}),
+            **({"anchor": self.anchor.state_dict(), "anchor_config": json.dumps(self.anchor.config.to_dict())}
+               if self.anchor is not None else {}),
             "torch_rng": torch.get_rng_state(), "threads": torch.get_num_threads(),
             "data_order": {"seed": settings.seed, "next_step": self.step},
             "settings": json.dumps(settings.to_dict(), sort_keys=True),
@@ -600,6 +596,26 @@ class _TrainingState:
         atomic_write(files.checkpoint, lambda tmp: torch.save(state, tmp))
         if files.log.is_file():
             plot_curves(files.log, files.plot)
+
+
+def _frozen_start(settings: TrainSettings, ckpt: dict | None, files: RunFiles) -> torch.nn.Module:
+    """The model the anchor term compares with: the ``--init`` file's own (its config too: a head option the
+    run changes, ``INIT_MAY_CHANGE``, does not change what the file fused), frozen; on resume, the checkpoint's."""
+    from diffmf_cli.models import DiffMFConfig, create_model
+    from diffmf_cli.weights import load_weights
+
+    if ckpt is None:
+        model, _ = load_weights(settings.init_weights)
+    else:
+        try:
+            model = create_model(DiffMFConfig.from_dict(json.loads(ckpt["anchor_config"])))
+            model.load_state_dict(ckpt["anchor"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{files.checkpoint}: no starting model for the anchor term "
+                                  f"({str(exc).splitlines()[0]})") from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
 
 
 def _write_run_record(files: RunFiles, settings: TrainSettings, sampler: CropSampler, listed, val_pairs) -> None:

@@ -268,6 +268,19 @@ def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exa
     pairs = [("p", ir, vis)]
     assert loop.validate(start, pairs, LossWeights(anchor=50.0)) == loop.validate(start, pairs, LossWeights())
 
+    # A fine-tune that changes the head (INIT_MAY_CHANGE) is anchored to what the file itself fused.
+    rebound = _settings(source, init_weights=str(init), loss={"anchor": 200.0}, steps=1,
+                        model_overrides={"residual_bound": "range"})
+    train(rebound, tmp_path / "rebound", handle_signals=False)
+    ckpt = _state(tmp_path / "rebound")
+    assert json.loads(ckpt["anchor_config"]) == start.config.to_dict()
+    assert start.config.residual_bound == "clamp" != rebound.model_config().residual_bound
+    # A checkpoint without the starting model cannot continue an anchored run.
+    del ckpt["anchor"]
+    torch.save(ckpt, RunFiles(tmp_path / "rebound").checkpoint)
+    with pytest.raises(CheckpointError, match="no starting model"):
+        train(rebound, tmp_path / "rebound", resume=True, handle_signals=False)
+
 
 def test_validation_rows_are_logged(tmp_path, source):
     settings = _settings(source, steps=2, val_sources=[source], val_every=2, val_crop=32)
