@@ -608,7 +608,10 @@ def _frozen_start(settings: TrainSettings, ckpt: dict | None, files: RunFiles) -
         model, _ = load_weights(settings.init_weights)
     else:
         try:
-            model = create_model(DiffMFConfig.from_dict(json.loads(ckpt["anchor_config"])))
+            # The term's first checkpoints kept no config: they anchored to the file's weights in the run's.
+            config = (DiffMFConfig.from_dict(json.loads(ckpt["anchor_config"])) if "anchor_config" in ckpt
+                      else settings.model_config())
+            model = create_model(config)
             model.load_state_dict(ckpt["anchor"])
         except (KeyError, TypeError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{files.checkpoint}: no starting model for the anchor term "

@@ -224,9 +224,11 @@ def test_excess_term_trains_on_the_heads_unclamped_output(tmp_path, source, monk
     assert any(r["kind"] == "val" and math.isfinite(r["val_loss"]) for r in rows)
 
 
-def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exactly(tmp_path, source):
-    """The anchor term compares each step's output with the frozen --init model's; the checkpoint carries that
-    model (a resume needs no --init file), a killed run resumes bitwise, and the validation loss leaves it out."""
+def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exactly(tmp_path, source,
+                                                                                      monkeypatch):
+    """Every step's anchor is the frozen --init model's output on that batch, before and after a resume (the
+    checkpoint carries the model: the resume needs no --init file) and with a head option the run changes; a
+    killed run resumes bitwise; the term holds the weights nearer the start; validation leaves it out."""
     from diffmf_cli.models import create_model
     from diffmf_cli.training import loop
     from diffmf_cli.weights import save_weights
@@ -235,9 +237,22 @@ def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exa
         _settings(source, loss={"anchor": 10.0})
     torch.manual_seed(5)
     start = create_model(_settings(source).model_config())
+    with torch.no_grad():  # a fresh head outputs the sources' mean whatever the other weights: give it a say
+        torch.nn.init.normal_(start.decoder.head.weight, std=0.1)
     init = save_weights(tmp_path / "start.safetensors", start)
+    seen = []
+    real = loop.fusion_loss
+
+    def spy(fused, ir, vis, weights, unclamped=None, sample_scale=None, anchor=None):
+        if weights.anchor:
+            with torch.no_grad():
+                seen.append(anchor is not None and torch.equal(anchor, start(ir, vis)))
+        return real(fused, ir, vis, weights, unclamped, sample_scale, anchor)
+
+    monkeypatch.setattr(loop, "fusion_loss", spy)
     settings = _settings(source, init_weights=str(init), loss={"anchor": 200.0}, steps=6, checkpoint_every=3)
     train(settings, tmp_path / "whole", handle_signals=False)
+    assert seen == [True] * 6
     whole = _state(tmp_path / "whole")
     assert all(torch.equal(whole["anchor"][k], v) for k, v in start.state_dict().items())
     rows = [json.loads(l) for l in RunFiles(tmp_path / "whole").log.read_text().splitlines()]
@@ -251,8 +266,16 @@ def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exa
     with pytest.raises(_Crash):
         train(settings, tmp_path / "cut", report=crash_at_5, handle_signals=False)
     init.unlink()  # the resume takes the starting model from the checkpoint
+    # ... also one of the term's first checkpoints, which kept no config (the run's config is the file's here).
+    first = _state(tmp_path / "cut")
+    del first["anchor_config"]
+    torch.save(first, RunFiles(tmp_path / "cut").checkpoint)
+    seen.clear()
     train(settings, tmp_path / "cut", resume=True, handle_signals=False)
-    _assert_same_state(whole, _state(tmp_path / "cut"))
+    assert seen == [True] * 3  # steps 4-6
+    cut = _state(tmp_path / "cut")
+    _assert_same_state(whole, cut)
+    assert all(torch.equal(whole["anchor"][k], cut["anchor"][k]) for k in whole["anchor"])
 
     save_weights(init, start)
     train(_settings(source, init_weights=str(init), steps=6), tmp_path / "free", handle_signals=False)
@@ -271,7 +294,11 @@ def test_anchor_term_holds_the_fine_tune_near_its_starting_model_and_resumes_exa
     # A fine-tune that changes the head (INIT_MAY_CHANGE) is anchored to what the file itself fused.
     rebound = _settings(source, init_weights=str(init), loss={"anchor": 200.0}, steps=1,
                         model_overrides={"residual_bound": "range"})
+    seen.clear()
     train(rebound, tmp_path / "rebound", handle_signals=False)
+    assert seen == [True]
+    rows = [json.loads(l) for l in RunFiles(tmp_path / "rebound").log.read_text().splitlines()]
+    assert rows[0]["anchor"] > 0  # the same weights under the bounded head fuse differently
     ckpt = _state(tmp_path / "rebound")
     assert json.loads(ckpt["anchor_config"]) == start.config.to_dict()
     assert start.config.residual_bound == "clamp" != rebound.model_config().residual_bound
