@@ -111,9 +111,10 @@ class TrainSettings:
         check_jitter("gamma-jitter", self.gamma_jitter)
         if any(spec.loss_scale for spec in self.val_sources):
             raise UsageError("loss_scale applies to training sources only; a validation source cannot have one")
-        if self.loss_weights().vif and self.crop_size < VIF_MIN_SIDE:  # also validates the loss settings early
+        loss = self.loss_weights()  # also validates the loss settings early
+        if loss.vif and self.crop_size < VIF_MIN_SIDE:
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
-        if self.loss_weights().anchor and not self.init_weights:
+        if loss.anchor and not self.init_weights:
             raise UsageError("the anchor loss term holds a fine-tune near the model it starts from: it needs --init")
 
     @property
