@@ -24,6 +24,7 @@ from rich.console import Console
 from diffmf_cli.cli.app import app
 from diffmf_cli.cli.common import consoles, progress_bar, run_command
 from diffmf_cli.errors import UsageError
+from diffmf_cli.training import INIT_MAY_CHANGE
 
 def _parse_model_options(options: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -95,7 +96,7 @@ def train_command(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors or a "
                                         "shipped name) instead of random ones: fine-tuning; the model config "
                                         "is the file's, except head options given with --model-option "
-                                        "(select_gain, residual_scale, residual_bound)."),
+                                        f"({', '.join(INIT_MAY_CHANGE)})."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
                                           "(command-line options win)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),

@@ -39,6 +39,7 @@ import torch
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
 from diffmf_cli.provenance import code_version
+from diffmf_cli.training import INIT_MAY_CHANGE
 from diffmf_cli.training.data import (
     CropSampler,
     SourceSpec,
@@ -114,6 +115,11 @@ class TrainSettings:
         loss = self.loss_weights()  # also validates the loss settings early
         if loss.vif and self.crop_size < VIF_MIN_SIDE:
             raise UsageError(f"the VIF loss term needs crops of at least {VIF_MIN_SIDE} pixels, got {self.crop_size}")
+        for spec in self.sources:
+            idle = sorted(t for t, f in (spec.loss_scale or {}).items() if f != 0 and getattr(loss, t) == 0)
+            if idle:
+                raise UsageError(f"source {spec.label}: loss_scale scales {', '.join(idle)}, whose weight is 0, so it "
+                                 f"would do nothing; give the term a weight under [loss]")
         if loss.anchor and not self.init_weights:
             raise UsageError("the anchor loss term holds a fine-tune near the model it starts from: it needs --init")
 
@@ -422,11 +428,6 @@ def _truncate_log(path: Path, step: int) -> None:
         except ValueError:
             continue
     atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
-
-
-#: Config fields a fine-tune (--init) may change: they act in the output head only, so the file's weights mean
-#: the same in the new network.
-INIT_MAY_CHANGE = ("select_gain", "residual_scale", "residual_bound")
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:

@@ -139,6 +139,19 @@ def test_source_loss_scale_trains_each_sources_crops_with_its_factors(tmp_path, 
         _settings(source, val_sources=[dataclasses.replace(source, loss_scale={"vif": 2.0})])
 
 
+def test_loss_scale_on_a_term_with_no_weight_is_refused(source):
+    """A factor on a term the loss does not use would silently do nothing: refused, naming the source and term.
+    A factor of 0 on it (off here, as everywhere) is accepted."""
+    import dataclasses
+
+    scaled = dataclasses.replace(source, loss_scale={"qabf": 8.0, "scd": 0.0})
+    with pytest.raises(UsageError, match=r"loss_scale scales qabf, whose weight is 0") as err:
+        _settings(source, sources=[scaled])
+    assert source.label in str(err.value)
+    _settings(source, sources=[scaled], loss={"qabf": 30.0})
+    _settings(source, sources=[dataclasses.replace(source, loss_scale={"qabf": 0.0})])
+
+
 def test_export_round_trip_and_metadata(tmp_path, source):
     settings = _settings(source, steps=3)
     train(settings, tmp_path / "run", handle_signals=False)
