@@ -357,7 +357,7 @@ def test_excess_term_pulls_back_pixels_the_clamp_has_cut_off():
     assert "excess" not in parts and LossWeights().excess == 0
     total, parts = fusion_loss(fused, ir, vis, LossWeights(excess=10.0), unclamped)
     assert float(parts["excess"]) == pytest.approx((0.3 + 0.2) / 256, rel=1e-5)
-    assert float(total) == pytest.approx(float(base) + 10 * (0.5 / 256), rel=1e-5)
+    assert total.item() == pytest.approx(base.item() + 10 * (0.5 / 256), rel=1e-5)
     # Through the clamp alone the two clipped pixels get no gradient; the excess term pulls them back in.
     (grad_without,) = torch.autograd.grad(base, unclamped, retain_graph=True)
     (grad_with,) = torch.autograd.grad(total, unclamped)
