@@ -131,6 +131,15 @@ def test_usage_error_in_a_real_process():
     assert proc.stdout == ""
 
 
+def test_registering_the_commands_does_not_import_torch():
+    """`diffmf --help` and usage errors stay fast, and main() sets OMP_WAIT_POLICY before torch is imported:
+    the command modules keep torch (and what imports it) inside the commands."""
+    code = "import sys; from diffmf_cli.cli.app import _register; _register(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 def test_wheel_carries_the_shipped_weights(tmp_path):
     """The weights live in the repo's top-level weights/; a wheel must carry them inside the package (the
