@@ -379,14 +379,14 @@ def test_anchor_term_is_the_mean_distance_from_the_starting_models_output():
     total, parts = fusion_loss(fused, ir, vis, LossWeights(anchor=30.0), anchor=start)
     distance = (fused - start).abs().mean()
     torch.testing.assert_close(parts["anchor"], distance.detach())
-    assert float(total) == pytest.approx(float(base) + 30 * float(distance), rel=1e-5)
+    assert total.item() == pytest.approx(base.item() + 30 * distance.item(), rel=1e-5)
     same, _ = fusion_loss(start, ir, vis, LossWeights(anchor=30.0), anchor=start)
     assert float(same) == pytest.approx(float(fusion_loss(start, ir, vis, LossWeights())[0]), rel=1e-6)
     # Per source: the term on the first crop only adds half that crop's distance.
     first, _ = fusion_loss(fused, ir, vis, LossWeights(anchor=30.0), sample_scale={"anchor": torch.tensor([1.0, 0.0])},
                            anchor=start)
     one = (fused[0] - start[0]).abs().mean()
-    assert float(first) == pytest.approx(float(base) + 30 * float(one) / 2, rel=1e-5)
+    assert first.item() == pytest.approx(base.item() + 30 * one.item() / 2, rel=1e-5)
     (grad,) = torch.autograd.grad(total - base, fused)
     assert torch.equal(grad.sign(), (fused - start).sign())  # pulls every pixel back towards the start
     with pytest.raises(ValueError, match="starting model"):
