@@ -118,8 +118,8 @@ class TrainSettings:
         for spec in self.sources:
             idle = sorted(t for t, f in (spec.loss_scale or {}).items() if f != 0 and getattr(loss, t) == 0)
             if idle:
-                raise UsageError(f"source {spec.label}: loss_scale scales {', '.join(idle)}, whose weight is 0, so it "
-                                 "would do nothing; give the term a weight under [loss] or drop the factor")
+                raise UsageError(f"source {spec.label}: a loss_scale factor on a term of weight 0 does nothing "
+                                 f"({', '.join(idle)}): give each a weight under [loss] or drop its factor")
         if loss.anchor and not self.init_weights:
             raise UsageError("the anchor loss term holds a fine-tune near the model it starts from: it needs --init")
 

@@ -145,7 +145,7 @@ def test_loss_scale_on_a_term_with_no_weight_is_refused(source):
     import dataclasses
 
     scaled = dataclasses.replace(source, loss_scale={"qabf": 8.0, "scd": 0.0})
-    with pytest.raises(UsageError, match=r"loss_scale scales qabf, whose weight is 0") as err:
+    with pytest.raises(UsageError, match=r"a loss_scale factor on a term of weight 0 does nothing \(qabf\)") as err:
         _settings(source, sources=[scaled])
     assert source.label in str(err.value)
     _settings(source, sources=[scaled], loss={"qabf": 30.0})
