@@ -100,6 +100,7 @@ class EvaluateRequest:
 
 def _run(err, out, req: EvaluateRequest) -> int:
     fmt = req.fmt
+    from diffmf_cli.io.outputs import check_outside
     from diffmf_cli.metrics import parse_convention, parse_metric_names
     from diffmf_cli.metrics.evaluation import build_document, parse_method, plan_evaluation, score_tasks
 
@@ -122,6 +123,11 @@ def _run(err, out, req: EvaluateRequest) -> int:
             raise UsageError(f"{folder}: fused-image folder does not exist" if not folder.exists()
                              else f"{folder}: is not a folder")
     ir_dir, vis_dir = req.folders[-2], req.folders[-1]
+    read = [folder for _, folder in methods] + [ir_dir, vis_dir]
+    if req.output is not None:
+        check_outside(req.output, read, "-o")
+    if req.report is not None:
+        check_outside(req.report, read, "--report", contain=True)
     plan = plan_evaluation(methods, ir_dir, vis_dir, req.recursive)
     for line in plan.errors:
         err.print(f"diffmf evaluate: error: {line}", markup=False)
@@ -191,7 +197,13 @@ def _combine(out, files, fmt, output, per_image, scoring_options) -> int:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if scoring_options:
         raise UsageError("--combine takes result files only (--fused, --metrics and --report score images)")
-    doc = combine_results(files)
+    if output is not None and any(Path(f).exists() and Path(f).resolve() == output.resolve() for f in files):
+        raise UsageError(f"-o {output}: is one of the results being combined; refusing to write over an input "
+                         "(give another output name)")
+    try:
+        doc = combine_results(files)
+    except InputError as exc:  # a result file that cannot be read: nothing is combined
+        raise UsageError(str(exc)) from None
     names = list(doc["metrics"])
     text = render(doc, names, fmt, per_image)
     if output is not None:

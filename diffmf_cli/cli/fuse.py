@@ -190,7 +190,8 @@ def _run(err, out, req: FuseRequest) -> int:
     outputs = [output_path(p, out_dir, options.ext) for p in pairs]
     check_inputs_untouched(outputs, [f for p in pairs for f in (p.ir, p.vis)],
                            out_dir if any(p.out is None for p in pairs) else None,
-                           [d for d in (req.ir, req.vis) if req.pairs_csv is None and d is not None and d.is_dir()])
+                           [d for d in (req.ir, req.vis) if req.pairs_csv is None and d is not None and d.is_dir()],
+                           apart=req.pairs_csv is not None)
     total = len(pairs)
     if shard_k_n is not None:
         pairs = select_shard(pairs, *shard_k_n)

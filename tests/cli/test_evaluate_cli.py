@@ -209,6 +209,25 @@ def test_missing_folder_exit_2(dataset):
     assert _invoke(dataset / "ir", dataset / "vis").exit_code == 2  # no fused folder at all
 
 
+@pytest.mark.parametrize("where", ["ir/a.png", "ir/metrics.csv", "vis/metrics.csv", "fused_a/metrics.csv"])
+def test_output_file_never_lands_in_a_folder_it_reads(dataset, where):
+    before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    res = _invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-m", "EN", "-f", "csv",
+                  "-o", dataset / where)
+    assert res.exit_code == 2 and "is inside the input folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("where, message", [("ir", "is inside"), ("fused_a/report", "is inside"),
+                                            (".", "contains")])
+def test_report_folder_never_mixes_with_the_images(dataset, where, message):
+    before = sorted(dataset.rglob("*"))
+    res = _invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-m", "EN", "--report", dataset / where)
+    assert res.exit_code == 2 and message in res.stderr
+    assert sorted(dataset.rglob("*")) == before
+
+
 def test_jobs_give_the_same_numbers(dataset):
     one = json.loads(_invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-f", "json").stdout)
     two = json.loads(_invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-f", "json", "-j", "2").stdout)

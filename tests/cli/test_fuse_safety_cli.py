@@ -103,6 +103,20 @@ def test_pair_list_output_naming_an_input_file_is_refused(tmp_path, tiny_weights
     assert digests(ir) == before and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("out", ["ir/b.png", "ir/a_fused.png", "vis/new.png"])
+def test_pair_list_output_in_an_input_folder_is_refused(tmp_path, tiny_weights, monkeypatch, out):
+    """A row's output beside its sources: ir/b.png is a source this run does not read, which --overwrite
+    would have replaced (and a fused image there is taken for a source by the next run)."""
+    ir, vis = make_pairs(tmp_path)
+    before = digests(ir), digests(vis)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.csv").write_text(f"ir,vis,out\nir/a.png,vis/a.png,{out}\n")
+    for extra in ([], ["--overwrite"]):
+        one_error_line(fuse("--pairs", "list.csv", *extra, weights=tiny_weights), "is in the folder of the input")
+    assert (digests(ir), digests(vis)) == before
+    assert not (ir / ".diffmf").exists() and not (vis / ".diffmf").exists()
+
+
 def test_output_folder_containing_the_inputs_is_refused_even_nested(tmp_path, tiny_weights):
     ir, vis = make_pairs(tmp_path / "data")
     one_error_line(fuse(ir, vis, "-o", tmp_path, weights=tiny_weights), "contains the input folder")

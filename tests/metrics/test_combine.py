@@ -91,4 +91,17 @@ def test_overlapping_or_mismatched_results_are_refused(scored, tmp_path):
     assert res.exit_code == 2 and "has metrics EN,SD" in res.stderr
     (tmp_path / "junk.txt").write_text("hello\n")
     res = runner.invoke(app, ["evaluate", "--combine", str(tmp_path / "junk.txt")])
-    assert res.exit_code == 1 and "not a diffmf evaluate JSON or CSV result" in res.stderr
+    # nothing can be combined from it: exit 2 (as for any command that could not run), one line
+    assert res.exit_code == 2 and "not a diffmf evaluate JSON or CSV result" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_combine_never_writes_over_a_result_it_reads(scored, tmp_path):
+    root = scored
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    evaluate(root / "avg0", root / "ir", root / "vis", "-f", "json", "-o", a)
+    evaluate(root / "avg1", root / "ir", root / "vis", "-f", "json", "-o", b)
+    before = a.read_bytes()
+    res = runner.invoke(app, ["evaluate", "--combine", str(a), str(b), "-f", "csv", "-o", str(a)])
+    assert res.exit_code == 2 and "is one of the results being combined" in res.stderr
+    assert a.read_bytes() == before
