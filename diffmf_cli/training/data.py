@@ -250,9 +250,19 @@ def _dihedral(img: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 
 def load_sources(specs: list[SourceSpec], crop: int) -> tuple[list[list[PairImages]], list[list[Pair]]]:
-    """Decode every pair of every source (padded to at least ``crop``)."""
+    """Decode every pair of every source, padded to at least ``crop``. UsageError when a source has no image
+    whose smaller side is half the crop or more: its crops would be mostly padding (more than 3/4 of each),
+    and a crop far beyond the images only costs memory (a 4000 crop of 480x640 images ran a machine out)."""
     listed = [list_source_pairs(spec) for spec in specs]
-    images = [[load_pair(p, crop) for p in pairs] for pairs in listed]
+    images = [[load_pair(p) for p in pairs] for pairs in listed]
+    for spec, source in zip(specs, images):
+        largest = max(source, key=lambda im: min(im.ir.shape[:2]))
+        h, w = largest.ir.shape[:2]
+        if crop > 2 * min(h, w):
+            raise UsageError(f"--crop {crop}: the images of {spec.label} are at most {w}x{h} ({largest.name}); "
+                             f"crops would be mostly padding (give --crop {min(h, w)} or less)")
+    images = [[PairImages(im.name, _pad_to(im.ir, crop), _pad_to(im.vis, crop)) for im in source]
+              for source in images]
     return images, listed
 
 

@@ -529,8 +529,11 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
 def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:
     """The checkpoint to continue from (None: start at step 0), after checking the run folder fits `resume`."""
     if not resume:
-        if files.checkpoint.exists() or files.settings.exists():
+        if files.checkpoint.exists():
             raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")
+        if files.settings.exists():
+            raise UsageError(f"{files.dir}: holds a training run that stopped before its first checkpoint; "
+                             "--resume starts it again from step 0 with its settings, or remove the folder")
         return None
     stored = read_settings(files.dir)
     if stored.to_dict() != settings.to_dict():

@@ -226,6 +226,13 @@ def test_small_images_are_padded_to_the_crop(tmp_path):
     assert torch.allclose(vis, 1 - ir, atol=1e-5)
 
 
+def test_a_crop_far_beyond_every_image_is_refused(tmp_path):
+    spec = _write_pairs(tmp_path / "s", n=2, size=(10, 12))
+    assert load_sources([spec], 20)[0][0][0].ir.shape == (20, 20)  # twice the smaller side: still padded
+    with pytest.raises(UsageError, match=r"--crop 21: .* at most 12x10 .*mostly padding.*--crop 10 or less"):
+        load_sources([spec], 21)
+
+
 def test_bad_sources(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
         load_sources([SourceSpec(ir=str(tmp_path / "no"), vis=str(tmp_path / "no2"))], 16)

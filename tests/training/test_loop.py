@@ -174,6 +174,12 @@ def test_refusals(tmp_path, source):
     train(settings, tmp_path / "run", handle_signals=False)
     with pytest.raises(UsageError, match="already holds a training run"):
         train(settings, tmp_path / "run")
+    cut = tmp_path / "cut_before_checkpoint"  # settings written, killed before the first checkpoint
+    cut.mkdir()
+    RunFiles(tmp_path / "run").settings.replace(RunFiles(cut).settings)
+    with pytest.raises(UsageError, match="stopped before its first checkpoint; --resume starts it again"):
+        train(settings, cut)
+    RunFiles(cut).settings.replace(RunFiles(tmp_path / "run").settings)
     with pytest.raises(UsageError, match="settings differ"):
         train(_settings(source, steps=1, lr=0.5), tmp_path / "run", resume=True)
     RunFiles(tmp_path / "run").checkpoint.write_bytes(b"garbage")
