@@ -53,6 +53,8 @@ from diffmf_cli.io.records import (
     SKIP,
     OutputSettings,
     check_output,
+    other_format_message,
+    other_format_output,
     conflict_message,
     file_sha256,
     write_record,
@@ -143,7 +145,7 @@ class FuseOptions:
         if self.batch_size is not None and self.batch_size < 1:
             raise UsageError(f"--batch-size {self.batch_size}: must be at least 1")
         if self.tile is not None and self.tile != 0 and self.tile < 16:
-            raise UsageError(f"--tile {self.tile}: tiles must be at least 16 pixels (or 0 for no tiling)")
+            raise UsageError(f"--tile {self.tile}: tiles must be at least 16 pixels (or off for no tiling)")
         if self.tile_overlap < 0:
             raise UsageError(f"tile overlap must be >= 0, got {self.tile_overlap}")
         if self.settings is not None and self.settings.gray != self.gray:
@@ -361,6 +363,11 @@ class FilePipeline:
         # never onto a source, whoever calls (the CLI checks this earlier, with the input folders too)
         check_inputs_untouched([out for _i, _p, out in planned], [f for _i, p, _o in planned for f in (p.ir, p.vis)],
                                out_dir if any(p.out is None for _i, p, _o in planned) else None)
+        if self.options.settings is not None:  # outputs with records: one format per pair and folder
+            other_formats = [(out, other) for _i, pair, out in planned
+                             if pair.out is None and (other := other_format_output(out)) is not None]
+            if other_formats:
+                raise UsageError(other_format_message(other_formats))
         for index, pair, out in planned:
             verdict, reason = self._verdict(pair, out)
             if verdict == SKIP:
@@ -494,8 +501,10 @@ class FilePipeline:
         if settings is not None:
             def record(data: bytes) -> None:
                 try:
+                    replaces = file_sha256(item.out) if item.out.exists() else None
                     write_record(item.out, settings, hashlib.sha256(data).hexdigest(), pair.ir, pair.vis,
-                                 item.ir_sha256, item.vis_sha256, self._made(tiles), self.options.durable)
+                                 item.ir_sha256, item.vis_sha256, self._made(tiles), self.options.durable,
+                                 replaces_sha256=replaces)
                 except OSError as exc:
                     raise InputError(f"{item.out}: cannot write its record ({exc.strerror or exc})") from None
         notes = list(item.notes)

@@ -38,8 +38,8 @@ def fuse_command(
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Walk sub-folders; mirror them in OUTPUT."),
     strict: bool = typer.Option(False, "--strict", help="Files without a partner are an error (nothing is fused)."),
     gray: bool = typer.Option(False, "--gray", help="Write the fused luminance only, even for colour inputs."),
-    ext: str = typer.Option("png", "--ext", metavar="png|jpg|tif", help="Output format: png, jpg or tif (16-bit inputs keep 16 bits "
-                            "in png/tif)."),
+    ext: str = typer.Option("png", "--ext", metavar="png|jpg|tif|bmp", help="Output format: png, jpg (jpeg), tif "
+                            "(tiff) or bmp (16-bit inputs keep 16 bits in png/tif)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo pairs whose output exists, whatever "
                                    "made it (default: skip outputs of the same settings, refuse others)."),
     device: str = typer.Option("auto", "--device", metavar="auto|cpu|cuda[:N]",
@@ -214,6 +214,12 @@ def _run(err, out, req: FuseRequest) -> int:
 
         name, weights_path = resolve_model(req.model, req.weights)
         read_metadata(weights_path)  # a corrupt file stops here (exit 2), not in every worker
+        from diffmf_cli.io.records import other_format_message, other_format_output
+
+        derived = [output_path(p, out_dir, options.ext) for p in pairs if p.out is None]
+        other_formats = [(out, other) for out in derived if (other := other_format_output(out)) is not None]
+        if other_formats:
+            raise UsageError(other_format_message(other_formats))
         if not req.overwrite:  # outputs of other settings stop the run here, not in a worker
             from diffmf_cli.io.records import conflict_message, find_conflicts, settings_for
 

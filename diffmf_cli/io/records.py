@@ -6,9 +6,11 @@ hidden folder beside it, mirrored sub-folders included). A record holds the sett
 the SHA-256 of the output's bytes and of both inputs, and, for people, the model name, device, batch size,
 host and time.
 
-Writing order makes this crash-safe: the image is encoded, its digest goes into the record, the record is
-written atomically, and only then is the image written atomically. After a crash (or `kill -9`) between the
-two, the record describes an image that is not there, or not those bytes, and the pair is simply redone. One
+Writing order makes this crash-safe: the image is encoded, its digest goes into the record (with the digest of
+the file it replaces, when one is there), the record is written atomically, and only then is the image written
+atomically. After a crash (or `kill -9`) between the two, the record describes an image that is not there, or
+the file it was replacing, and the pair is simply redone. Any other bytes were not left by diffmf: someone
+changed the output, and the run will not silently replace their work. One
 file per output means shards on several machines writing into one folder never touch the same record (no
 locks, no shared manifest to corrupt).
 
@@ -16,9 +18,10 @@ A re-run decides per output (`check_output`):
 
 * no output: fuse it;
 * a record of these settings whose digests match the output and both inputs: skip ("same settings");
-* a record of these settings, but the output's bytes differ (an interrupted run) or an input changed since:
-  fuse it again;
-* a record of other settings, no record at all, or an unreadable one: a conflict. The run is refused before
+* a record of these settings, but the output is the file an interrupted run was replacing, or an input
+  changed since: fuse it again;
+* a record of other settings, an output changed since diffmf wrote it, no record at all, or an unreadable
+  one: a conflict. The run is refused before
   anything is fused, naming the difference and the way out (--overwrite, or another output folder).
 """
 
@@ -112,12 +115,16 @@ def record_path(output: Path) -> Path:
 
 
 def write_record(output: Path, settings: OutputSettings, output_sha256: str, ir: Path, vis: Path,
-                 ir_sha256: str, vis_sha256: str, extra: dict | None = None, durable: bool = True) -> None:
-    """Write the record of `output` atomically (before the output itself; see the module doc)."""
+                 ir_sha256: str, vis_sha256: str, extra: dict | None = None, durable: bool = True,
+                 replaces_sha256: str | None = None) -> None:
+    """Write the record of `output` atomically (before the output itself; see the module doc).
+    `replaces_sha256`: the digest of the file this output replaces, if one is there (so a run killed before the
+    replacement is told apart from an output someone changed)."""
     doc = {
         "format": FORMAT,
         "output": output.name,
         "output_sha256": output_sha256,
+        **({"replaces_sha256": replaces_sha256} if replaces_sha256 else {}),
         "settings": asdict(settings),
         "inputs": {"ir": str(ir), "ir_sha256": ir_sha256, "vis": str(vis), "vis_sha256": vis_sha256},
         "made": {"host": socket.gethostname(), "pid": os.getpid(),
@@ -160,13 +167,37 @@ def check_output(output: Path, settings: OutputSettings, ir: Path, vis: Path) ->
     if theirs.key() != settings.key():
         return CONFLICT, f"made with other settings: {theirs.differences(settings)}"
     try:
-        if file_sha256(output) != doc["output_sha256"]:
-            return FUSE, "the output was not the one its record describes (an interrupted run)"
+        digest = file_sha256(output)
+        if digest != doc["output_sha256"]:
+            if digest == doc.get("replaces_sha256"):
+                return FUSE, "the run that was replacing it was interrupted"
+            return CONFLICT, "changed since diffmf wrote it (its bytes are not those its record describes)"
         if (file_sha256(ir) != doc["inputs"]["ir_sha256"] or file_sha256(vis) != doc["inputs"]["vis_sha256"]):
             return FUSE, "an input changed since the last run"
     except OSError:
         return FUSE, None  # an unreadable input fails when the pair is read, with its own message
     return SKIP, "output exists from the same settings"
+
+
+def other_format_output(output: Path) -> Path | None:
+    """This pair's output in another format, written by diffmf into the same folder (a run with another
+    --ext): two outputs of one pair make the folder ambiguous for `diffmf evaluate` and for the next run."""
+    from diffmf_cli.io.pairs import IMAGE_EXTENSIONS
+
+    for ext in sorted(IMAGE_EXTENSIONS):
+        other = output.with_suffix(ext)
+        if other.suffix.lower() != output.suffix.lower() and other.exists() and record_path(other).exists():
+            return other
+    return None
+
+
+def other_format_message(found: list[tuple[Path, Path]]) -> str:
+    """One line for outputs whose pair already has an output in another format: (output, other) pairs."""
+    out, other = found[0]
+    more = f" (and {len(found) - 1} more output(s))" if len(found) > 1 else ""
+    return (f"{out}{more}: this pair's output is already there as {other.name}, from a run with --ext "
+            f"{other.suffix[1:]}; nothing was fused. Keep one format per folder: give --ext {other.suffix[1:]}, "
+            "another output folder, or remove those outputs")
 
 
 def conflict_message(conflicts: list[tuple[Path, str]]) -> str:
@@ -189,6 +220,8 @@ def find_conflicts(planned: list[tuple[Path, Path, Path]], settings: OutputSetti
 
 __all__ = [
     "conflict_message",
+    "other_format_message",
+    "other_format_output",
     "find_conflicts",
     "CONFLICT",
     "FORMAT",

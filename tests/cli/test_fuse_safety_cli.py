@@ -312,10 +312,15 @@ def test_an_interrupted_replacement_or_a_changed_input_is_made_again(tmp_path, t
     out = tmp_path / "out"
     assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
     good = (out / "a.png").read_bytes()
-    # a crash between writing the record and the image leaves an image that is not the recorded one
-    write_image(out / "a.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+    # the state a crash leaves between writing a replacement's record and its image: the record names the new
+    # image's digest and the file it replaces, which is still there
+    rec_path = out / ".diffmf" / "a.png.json"
+    rec = json.loads(rec_path.read_text())
+    rec["replaces_sha256"], rec["output_sha256"] = rec["output_sha256"], "0" * 64
+    rec_path.write_text(json.dumps(rec))
     # and an input replaced since the run makes its output stale
     write_image(vis / "b.png", RNG.integers(0, 256, (12, 16, 3)).astype(np.uint8))
+    old_b = hashlib.sha256((out / "b.png").read_bytes()).hexdigest()
     res = fuse(ir, vis, "-o", out, "--json", weights=tiny_weights)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -323,6 +328,36 @@ def test_an_interrupted_replacement_or_a_changed_input_is_made_again(tmp_path, t
     why = {r["name"]: r["reason"] for r in doc["pairs"]}
     assert "interrupted" in why["a"] and "input changed" in why["b"]
     assert (out / "a.png").read_bytes() == good
+    # a replacement records what it replaced (what tells a crash from an edit)
+    assert records(out)["b.png"]["replaces_sha256"] == old_b
+    assert "replaces_sha256" not in records(out)["c.png"]
+
+
+def test_an_output_changed_since_diffmf_wrote_it_is_not_replaced_silently(tmp_path, tiny_weights):
+    ir, vis = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
+    write_image(out / "a.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))  # someone edited it
+    before = digests(out)
+    one_error_line(fuse(ir, vis, "-o", out, weights=tiny_weights), f"{out / 'a.png'}", "changed since diffmf wrote it",
+                   "--overwrite", "nothing was fused")
+    assert digests(out) == before
+    res = fuse(ir, vis, "-o", out, "--overwrite", weights=tiny_weights)
+    assert res.exit_code == 0 and "3 fused" in res.stdout, res.output
+
+
+def test_one_format_per_pair_and_folder(tmp_path, tiny_weights):
+    """`--ext jpg` into a folder of png outputs would leave two outputs per pair (evaluate: ambiguous)."""
+    ir, vis = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
+    before = digests(out)
+    for extra in ([], ["--overwrite"]):
+        one_error_line(fuse(ir, vis, "-o", out, "--ext", "jpg", *extra, weights=tiny_weights),
+                       f"{out / 'a.jpg'}", "already there as a.png", "--ext png", "(and 2 more output(s))")
+    assert digests(out) == before and not list(out.glob("*.jpg"))
+    res = fuse(ir, vis, "-o", out, "--ext", "png", weights=tiny_weights)
+    assert res.exit_code == 0 and "3 skipped" in res.stdout, res.output
 
 
 def test_records_written_before_images_in_a_real_process(tmp_path, tiny_weights):
