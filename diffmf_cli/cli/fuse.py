@@ -19,7 +19,7 @@ import typer
 
 from diffmf_cli.cli.app import app
 from diffmf_cli.cli.common import consoles, progress_bar, run_command
-from diffmf_cli.errors import InputError, UsageError
+from diffmf_cli.errors import UsageError
 
 
 @app.command("fuse")
@@ -181,7 +181,8 @@ def _run(err, out, req: FuseRequest) -> int:
         if req.strict and (unmatched or failed_early):
             problems = [f"{p} (no partner)" for p in unmatched] + [reason for _, reason in failed_early]
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-            raise InputError(f"--strict: {len(problems)} file(s) cannot be paired: {'; '.join(problems[:3])}{more}")
+            raise UsageError(f"--strict: {len(problems)} file(s) cannot be paired: {'; '.join(problems[:3])}{more}"
+                             "; nothing was fused")
         pairs = pairing.pairs
     if out_dir is None and any(p.out is None for p in pairs):
         raise UsageError("give an output folder with -o OUT_DIR")

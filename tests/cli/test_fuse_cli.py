@@ -162,7 +162,8 @@ def test_strict_refuses_unpaired_files(tmp_path, tiny_weights):
     ir, vis = make_folders(tmp_path, {"a": (".png", ".png", 8, 8, None)})
     write_image(ir / "orphan.png", img(8, 8))
     res = fuse(ir, vis, "-o", tmp_path / "out", "--strict", weights=tiny_weights)
-    assert res.exit_code == 1 and str(ir / "orphan.png") in res.stderr
+    assert res.exit_code == 2 and str(ir / "orphan.png") in res.stderr  # nothing was done: 2, as the README says
+    assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
