@@ -85,7 +85,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights and data order (default 0)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Steps between "
                                                    "checkpoints (default 200)."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per log line (default 10)."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Steps per row of RUN_DIR/log.jsonl "
+                                            "(mean loss over them) and per progress-bar update (default 10); "
+                                            "off a terminal stderr gets a line per checkpoint and validation."),
     val_ir: List[Path] = typer.Option([], "--val-ir", metavar="DIR", help="Validation IR folder (repeatable, with --val-vis).",
                                       show_default=False),
     val_vis: List[Path] = typer.Option([], "--val-vis", metavar="DIR", help="Validation visible folder.", show_default=False),
@@ -234,7 +236,8 @@ def _train(err, stdout, req: TrainRequest) -> int:
         files.name.write_text(req.name + "\n")
     stdout.print(f"run {files.dir}: step {result.step}/{result.total_steps}, "
                  f"{result.wall_time_s / 60:.1f} min of training in all"
-                 + (f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""), markup=False)
+                 + (f", loss {result.last_loss:.4f} (the log's row at step {result.last_loss_step})"
+                    if result.last_loss is not None else ""), markup=False)
     # model.safetensors exists once the run is finished; an early stop exports model.partial.safetensors
     # (the EMA weights of the checkpoint it stopped at; the metadata records the step).
     if result.finished:
@@ -280,8 +283,12 @@ class _Reporter:
             values = "  ".join(f"{k[4:]} {v:.4f}" for k, v in info.items() if k.startswith("val_"))
             self._line(f"step {info['step']}: validation {values}")
         elif kind == "checkpoint" and self.last:
-            self._line(f"step {info['step']}: loss {self.last['loss']:.4f}, lr {self.last['lr']:.2e}, "
-                       f"{self.last['steps_per_s']:.2f} steps/s, checkpoint saved")
+            logged = (f"loss {self.last['loss']:.4f}, lr {self.last['lr']:.2e}, "
+                      f"{self.last['steps_per_s']:.2f} steps/s")
+            if self.last["step"] == info["step"]:
+                self._line(f"step {info['step']}: {logged}, checkpoint saved")
+            else:  # the checkpoint falls between log rows: say which row the figures are from
+                self._line(f"step {info['step']}: checkpoint saved (log row of step {self.last['step']}: {logged})")
 
     def _line(self, text: str) -> None:
         stamp = time.strftime("%H:%M:%S")

@@ -172,7 +172,8 @@ class TrainResult:
     finished: bool           # True when step == total_steps
     stopped_by: str | None   # "time budget" / "signal" when stopped early
     wall_time_s: float       # over all sessions of the run
-    last_loss: float | None
+    last_loss: float | None  # mean loss of the last row written to log.jsonl (this session)
+    last_loss_step: int | None = None  # the step that row ends at
 
 
 def learning_rate(settings: TrainSettings, step: int) -> float:
@@ -497,16 +498,18 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
 
     start = time.monotonic()
     window = _LogWindow(start)
-    stopped_by, last_loss = None, None
+    stopped_by, last_loss, last_loss_step = None, None, None
     log_fh = open(files.log, "a", encoding="utf-8")
     with log_fh, (_stop_on_signals() if handle_signals else _no_signals()) as flag:
         while state.step < settings.steps:
             lr, loss, parts = _train_step(state, sampler, settings, loss_weights, files)
-            last_loss = window.add(loss, parts)
+            window.add(loss, parts)
             step = state.step
             now = time.monotonic()
             if step % settings.log_every == 0 or step == settings.steps:
-                _log(log_fh, report, "step", window.row(step, lr, now, state.wall_before + now - start))
+                row = window.row(step, lr, now, state.wall_before + now - start)
+                last_loss, last_loss_step = row["loss"], step
+                _log(log_fh, report, "step", row)
             if val_pairs and (step % settings.val_every == 0 or step == settings.steps):
                 _log(log_fh, report, "val", {"kind": "val", "step": step,
                                              **validate(state.ema, val_pairs, loss_weights)})
@@ -523,7 +526,7 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
                 break
     wall = state.wall_before + time.monotonic() - start
     return TrainResult(files.dir, state.step, settings.steps, state.step >= settings.steps, stopped_by, wall,
-                       last_loss)
+                       last_loss, last_loss_step)
 
 
 def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:

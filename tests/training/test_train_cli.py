@@ -68,6 +68,21 @@ def test_train_then_export_then_load(tmp_path):
     assert load_weights(tmp_path / "w" / "x.safetensors")[1]["name"] == "mine"
 
 
+def test_console_figures_say_which_log_row_they_are(tmp_path):
+    """Checkpoints between log rows (every 3 steps, rows every 2) and the summary quote rows of log.jsonl,
+    labelled with their own step: the console once printed step 2's loss as "step 3"."""
+    ir, vis = _folders(tmp_path / "a")
+    run = tmp_path / "run"
+    res = _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "6", "--checkpoint-every", "3",
+               "--log-every", "2", *FAST)
+    assert res.exit_code == 0, res.output
+    rows = {r["step"]: r for r in map(json.loads, RunFiles(run).log.read_text().splitlines()) if r["kind"] == "train"}
+    assert sorted(rows) == [2, 4, 6]
+    assert f"step 3: checkpoint saved (log row of step 2: loss {rows[2]['loss']:.4f}," in res.stderr
+    assert f"step 6: loss {rows[6]['loss']:.4f}," in res.stderr
+    assert f"loss {rows[6]['loss']:.4f} (the log's row at step 6)" in res.stdout
+
+
 def test_config_file_and_command_line_precedence(tmp_path):
     ir, vis = _folders(tmp_path / "d")
     cfg = tmp_path / "cfg" / "run.toml"
