@@ -53,10 +53,10 @@ from diffmf_cli.io.records import (
     SKIP,
     OutputSettings,
     check_output,
-    other_format_message,
-    other_format_output,
     conflict_message,
     file_sha256,
+    find_other_formats,
+    other_format_message,
     write_record,
 )
 from diffmf_cli.tiling import MemoryPlanner, TiledForward, tile_starts, working_bytes_per_pixel  # noqa: F401
@@ -364,8 +364,7 @@ class FilePipeline:
         check_inputs_untouched([out for _i, _p, out in planned], [f for _i, p, _o in planned for f in (p.ir, p.vis)],
                                out_dir if any(p.out is None for _i, p, _o in planned) else None)
         if self.options.settings is not None:  # outputs with records: one format per pair and folder
-            other_formats = [(out, other) for _i, pair, out in planned
-                             if pair.out is None and (other := other_format_output(out)) is not None]
+            other_formats = find_other_formats([out for _i, pair, out in planned if pair.out is None])
             if other_formats:
                 raise UsageError(other_format_message(other_formats))
         for index, pair, out in planned:
@@ -502,6 +501,10 @@ class FilePipeline:
             def record(data: bytes) -> None:
                 try:
                     replaces = file_sha256(item.out) if item.out.exists() else None
+                except OSError as exc:
+                    raise InputError(f"{item.out}: cannot read the file this output replaces "
+                                     f"({exc.strerror or exc})") from None
+                try:
                     write_record(item.out, settings, hashlib.sha256(data).hexdigest(), pair.ir, pair.vis,
                                  item.ir_sha256, item.vis_sha256, self._made(tiles), self.options.durable,
                                  replaces_sha256=replaces)

@@ -121,3 +121,18 @@ def test_shipped_model_on_the_sample_pairs_gives_the_cli_bytes(tmp_path):
         ir = cv2.imread(str(SAMPLES / "ir" / f"{name}{ext}"), cv2.IMREAD_UNCHANGED)
         vis = cv2.imread(str(SAMPLES / "vis" / f"{name}{ext}"), cv2.IMREAD_UNCHANGED)
         assert png_bytes(fuser.fuse(ir, vis)) == (tmp_path / "out" / f"{name}.png").read_bytes()
+
+
+def test_run_never_replaces_an_unrecorded_file_beside_the_inputs(fuser, tmp_path):
+    """`Fuser.run` shares the CLI's rule: a pair's own output may not replace a file diffmf did not write in
+    an input's folder (it may be a source), overwrite or not."""
+    from diffmf_cli.io.pairs import Pair
+
+    write_inputs(tmp_path)
+    other = tmp_path / "ir" / "gray8.png"  # a source this call does not read
+    before = other.read_bytes()
+    pair = Pair("colour8", tmp_path / "ir" / "colour8.png", tmp_path / "vis" / "colour8.png", other)
+    for overwrite in (False, True):
+        with pytest.raises(UsageError, match="without a diffmf record"):
+            list(fuser.run([pair], overwrite=overwrite))
+    assert other.read_bytes() == before

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -197,7 +198,8 @@ def _combine(out, files, fmt, output, per_image, scoring_options) -> int:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if scoring_options:
         raise UsageError("--combine takes result files only (--fused, --metrics and --report score images)")
-    if output is not None and any(Path(f).exists() and Path(f).resolve() == output.resolve() for f in files):
+    if output is not None and output.exists() and any(Path(f).exists() and os.path.samefile(f, output)
+                                                      for f in files):
         raise UsageError(f"-o {output}: is one of the results being combined; refusing to write over an input "
                          "(give another output name)")
     try:

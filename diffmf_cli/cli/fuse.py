@@ -191,8 +191,7 @@ def _run(err, out, req: FuseRequest) -> int:
     outputs = [output_path(p, out_dir, options.ext) for p in pairs]
     check_inputs_untouched(outputs, [f for p in pairs for f in (p.ir, p.vis)],
                            out_dir if any(p.out is None for p in pairs) else None,
-                           [d for d in (req.ir, req.vis) if req.pairs_csv is None and d is not None and d.is_dir()],
-                           apart=req.pairs_csv is not None)
+                           [d for d in (req.ir, req.vis) if req.pairs_csv is None and d is not None and d.is_dir()])
     total = len(pairs)
     if shard_k_n is not None:
         pairs = select_shard(pairs, *shard_k_n)
@@ -215,10 +214,9 @@ def _run(err, out, req: FuseRequest) -> int:
 
         name, weights_path = resolve_model(req.model, req.weights)
         read_metadata(weights_path)  # a corrupt file stops here (exit 2), not in every worker
-        from diffmf_cli.io.records import other_format_message, other_format_output
+        from diffmf_cli.io.records import find_other_formats, other_format_message
 
-        derived = [output_path(p, out_dir, options.ext) for p in pairs if p.out is None]
-        other_formats = [(out, other) for out in derived if (other := other_format_output(out)) is not None]
+        other_formats = find_other_formats([output_path(p, out_dir, options.ext) for p in pairs if p.out is None])
         if other_formats:
             raise UsageError(other_format_message(other_formats))
         if not req.overwrite:  # outputs of other settings stop the run here, not in a worker

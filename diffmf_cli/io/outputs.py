@@ -30,16 +30,19 @@ def _within(child: Path, parent: Path) -> bool:
 
 
 def check_inputs_untouched(outputs: Iterable[Path], inputs: Iterable[Path], out_dir: Path | None = None,
-                           input_dirs: Iterable[Path] = (), apart: bool = False) -> None:
+                           input_dirs: Iterable[Path] = ()) -> None:
     """UsageError when an output would be written over an input or mixed with them.
 
     outputs: every output file the run may write; inputs: every input file it reads. out_dir: the output
     folder (when outputs are derived from it); input_dirs: folders given as inputs (IR_DIR, VIS_DIR). The
     output folder may not be an input folder or the folder of an input file, nor be inside or contain a
-    given input folder (a later `-r` run would take the outputs for sources). With `apart` (outputs named one
-    by one, as in a pair list) no output may be in the folder of an input file either: its other files may be
-    sources this run does not read, and `--overwrite` would replace them.
+    given input folder (a later `-r` run would take the outputs for sources). An output named one by one (a
+    pair list, a single pair) may sit beside its inputs, but a file already there that diffmf did not write
+    (no record) in or below the folder of an input file may be a source this run does not read: it is never
+    replaced, `--overwrite` or not.
     """
+    from diffmf_cli.io.records import record_path
+
     input_files = {_real(p): p for p in inputs}
     if out_dir is not None:
         real_out = _real(out_dir)
@@ -58,15 +61,18 @@ def check_inputs_untouched(outputs: Iterable[Path], inputs: Iterable[Path], out_
             if _within(real_dir, real_out):
                 raise UsageError(f"-o {out_dir}: contains the input folder {folder}; outputs would mix with "
                                  f"the sources (give a folder beside it, e.g. {out_dir / 'fused'})")
-    folders_of_inputs = {real.parent: file for real, file in sorted(input_files.items())} if apart else {}
+    input_folders = {real.parent: file for real, file in sorted(input_files.items())}
     for output in outputs:
         real = _real(output)
         if real in input_files:
             raise UsageError(f"{output}: is an input file ({input_files[real]}); refusing to write over a "
                              "source (give another output name)")
-        if real.parent in folders_of_inputs:
-            raise UsageError(f"{output}: is in the folder of the input {folders_of_inputs[real.parent]}; outputs "
-                             "would mix with the sources (give outputs a folder of their own)")
+        if output.exists() and not record_path(output).exists():
+            beside = next((file for folder, file in input_folders.items() if _within(real.parent, folder)), None)
+            if beside is not None:
+                raise UsageError(f"{output}: exists without a diffmf record, in the folder of the input {beside}; "
+                                 "it may be a source, so it is never replaced, --overwrite or not (give another "
+                                 "output name)")
 
 
 def check_outside(path: Path, folders: Iterable[Path], option: str, contain: bool = False) -> None:
@@ -76,11 +82,12 @@ def check_outside(path: Path, folders: Iterable[Path], option: str, contain: boo
     for folder in folders:
         real_dir = _real(folder)
         if _within(real, real_dir):
-            raise UsageError(f"{option} {path}: is inside the input folder {folder}; it would replace or mix with "
-                             "the images read (give a path outside it)")
+            where = "is the input folder" if real == real_dir else "is inside the input folder"
+            raise UsageError(f"{option} {path}: {where} {folder}; it would replace or mix with the images read "
+                             "(give a path outside the folders read)")
         if contain and _within(real_dir, real):
             raise UsageError(f"{option} {path}: contains the input folder {folder}; its files would mix with the "
-                             f"images read (give a folder beside it, e.g. {path / 'report'})")
+                             "images read (give a folder outside the folders read)")
 
 
 def prepare_output_folders(folders: Iterable[Path]) -> None:

@@ -10,7 +10,8 @@ Writing order makes this crash-safe: the image is encoded, its digest goes into 
 the file it replaces, when one is there), the record is written atomically, and only then is the image written
 atomically. After a crash (or `kill -9`) between the two, the record describes an image that is not there, or
 the file it was replacing, and the pair is simply redone. Any other bytes were not left by diffmf: someone
-changed the output, and the run will not silently replace their work. One
+changed the output, and the run will not silently replace their work. (A record of an older diffmf names no
+replaced file; its pair is redone, as it was then.) One
 file per output means shards on several machines writing into one folder never touch the same record (no
 locks, no shared manifest to corrupt).
 
@@ -124,7 +125,7 @@ def write_record(output: Path, settings: OutputSettings, output_sha256: str, ir:
         "format": FORMAT,
         "output": output.name,
         "output_sha256": output_sha256,
-        **({"replaces_sha256": replaces_sha256} if replaces_sha256 else {}),
+        "replaces_sha256": replaces_sha256,
         "settings": asdict(settings),
         "inputs": {"ir": str(ir), "ir_sha256": ir_sha256, "vis": str(vis), "vis_sha256": vis_sha256},
         "made": {"host": socket.gethostname(), "pid": os.getpid(),
@@ -169,7 +170,9 @@ def check_output(output: Path, settings: OutputSettings, ir: Path, vis: Path) ->
     try:
         digest = file_sha256(output)
         if digest != doc["output_sha256"]:
-            if digest == doc.get("replaces_sha256"):
+            if "replaces_sha256" not in doc:  # a record of an older diffmf cannot tell a crash from an edit
+                return FUSE, "the output was not the one its record describes (an interrupted run)"
+            if digest == doc["replaces_sha256"]:
                 return FUSE, "the run that was replacing it was interrupted"
             return CONFLICT, "changed since diffmf wrote it (its bytes are not those its record describes)"
         if (file_sha256(ir) != doc["inputs"]["ir_sha256"] or file_sha256(vis) != doc["inputs"]["vis_sha256"]):
@@ -189,6 +192,11 @@ def other_format_output(output: Path) -> Path | None:
         if other.suffix.lower() != output.suffix.lower() and other.exists() and record_path(other).exists():
             return other
     return None
+
+
+def find_other_formats(outputs: list[Path]) -> list[tuple[Path, Path]]:
+    """(output, its pair's output in another format) for each of `outputs` that has one (`other_format_output`)."""
+    return [(out, other) for out in outputs if (other := other_format_output(out)) is not None]
 
 
 def other_format_message(found: list[tuple[Path, Path]]) -> str:
@@ -223,6 +231,7 @@ __all__ = [
     "other_format_message",
     "other_format_output",
     "find_conflicts",
+    "find_other_formats",
     "CONFLICT",
     "FORMAT",
     "FUSE",

@@ -113,14 +113,13 @@ class PairImages:
     vis: np.ndarray
 
 
-def load_pair(pair: Pair, min_size: int = 0) -> PairImages:
-    """Decode a pair. Images smaller than ``min_size`` on a side are reflect-padded up to it."""
+def load_pair(pair: Pair) -> PairImages:
+    """Decode a pair (as stored: padding to a crop size is `load_sources`' business)."""
     ir = to_gray(read_image(pair.ir))
     vis = read_image(pair.vis)
     if ir.shape[:2] != vis.shape[:2]:
         raise InputError(f"{pair.ir}: size {ir.shape[1]}x{ir.shape[0]} differs from {pair.vis} "
                          f"({vis.shape[1]}x{vis.shape[0]}); pairs must be registered")
-    ir, vis = _pad_to(ir, min_size), _pad_to(vis, min_size)
     return PairImages(pair.name, ir, vis)
 
 
@@ -256,13 +255,12 @@ def load_sources(specs: list[SourceSpec], crop: int) -> tuple[list[list[PairImag
     listed = [list_source_pairs(spec) for spec in specs]
     images = [[load_pair(p) for p in pairs] for pairs in listed]
     for spec, source in zip(specs, images):
-        largest = max(source, key=lambda im: min(im.ir.shape[:2]))
-        h, w = largest.ir.shape[:2]
-        if crop > 2 * min(h, w):
-            raise UsageError(f"--crop {crop}: the images of {spec.label} are at most {w}x{h} ({largest.name}); "
-                             f"crops would be mostly padding (give --crop {min(h, w)} or less)")
-    images = [[PairImages(im.name, _pad_to(im.ir, crop), _pad_to(im.vis, crop)) for im in source]
-              for source in images]
+        side = max(min(im.ir.shape[:2]) for im in source)
+        if crop > 2 * side:
+            raise UsageError(f"--crop {crop}: no image of {spec.label} has a smaller side above {side} pixels; "
+                             f"crops would be mostly padding (give --crop {2 * side} or less)")
+        for i, im in enumerate(source):  # in place: the unpadded images are not kept beside the padded ones
+            source[i] = PairImages(im.name, _pad_to(im.ir, crop), _pad_to(im.vis, crop))
     return images, listed
 
 

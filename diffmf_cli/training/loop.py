@@ -535,8 +535,9 @@ def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | 
         if files.checkpoint.exists():
             raise UsageError(f"{files.dir}: already holds a training run; use --resume, or another --out")
         if files.settings.exists():
-            raise UsageError(f"{files.dir}: holds a training run that stopped before its first checkpoint; "
-                             "--resume starts it again from step 0 with its settings, or remove the folder")
+            raise UsageError(f"{files.dir}: holds a training run with no checkpoint yet (still running, or stopped "
+                             "before its first); if it stopped, --resume starts it again from step 0 with its "
+                             "settings, or remove the folder")
         return None
     stored = read_settings(files.dir)
     if stored.to_dict() != settings.to_dict():

@@ -219,7 +219,7 @@ def test_output_file_never_lands_in_a_folder_it_reads(dataset, where):
     assert {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("where, message", [("ir", "is inside"), ("fused_a/report", "is inside"),
+@pytest.mark.parametrize("where, message", [("ir", "is the input folder"), ("fused_a/report", "is inside"),
                                             (".", "contains")])
 def test_report_folder_never_mixes_with_the_images(dataset, where, message):
     before = sorted(dataset.rglob("*"))

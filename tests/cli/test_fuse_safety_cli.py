@@ -103,18 +103,39 @@ def test_pair_list_output_naming_an_input_file_is_refused(tmp_path, tiny_weights
     assert digests(ir) == before and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("out", ["ir/b.png", "ir/a_fused.png", "vis/new.png"])
-def test_pair_list_output_in_an_input_folder_is_refused(tmp_path, tiny_weights, monkeypatch, out):
-    """A row's output beside its sources: ir/b.png is a source this run does not read, which --overwrite
-    would have replaced (and a fused image there is taken for a source by the next run)."""
+@pytest.mark.parametrize("mode", ["list", "single"])
+@pytest.mark.parametrize("out", ["ir/b.png", "vis/c.png", "ir/seq/d.png"])
+def test_a_file_diffmf_did_not_write_beside_the_inputs_is_never_replaced(tmp_path, tiny_weights, monkeypatch,
+                                                                         mode, out):
+    """ir/b.png is a source this run does not read: --overwrite once replaced it. A file in a sub-folder of
+    an input's folder is one too for a later -r run."""
     ir, vis = make_pairs(tmp_path)
-    before = digests(ir), digests(vis)
+    write_image(tmp_path / "ir" / "seq" / "d.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+    before = digests(ir), digests(vis), digests(ir / "seq")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "list.csv").write_text(f"ir,vis,out\nir/a.png,vis/a.png,{out}\n")
+    args = ["--pairs", "list.csv"] if mode == "list" else ["ir/a.png", "vis/a.png", "-o", out]
     for extra in ([], ["--overwrite"]):
-        one_error_line(fuse("--pairs", "list.csv", *extra, weights=tiny_weights), "is in the folder of the input")
-    assert (digests(ir), digests(vis)) == before
+        one_error_line(fuse(*args, *extra, weights=tiny_weights), out, "without a diffmf record",
+                       "never replaced, --overwrite or not")
+    assert (digests(ir), digests(vis), digests(ir / "seq")) == before
     assert not (ir / ".diffmf").exists() and not (vis / ".diffmf").exists()
+
+
+def test_outputs_beside_their_inputs_are_allowed_and_redone_by_their_record(tmp_path, tiny_weights, monkeypatch):
+    """Per-scene folders (scene/ir.png, scene/vis.png -> scene/fused.png), as the README's shell-loop-to-list
+    advice gives: written, skipped on a re-run, replaced with --overwrite (diffmf wrote them)."""
+    for scene in ("s1", "s2"):
+        write_image(tmp_path / scene / "ir.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+        write_image(tmp_path / scene / "vis.png", RNG.integers(0, 256, (12, 16, 3)).astype(np.uint8))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "list.csv").write_text("s1/ir.png,s1/vis.png,s1/fused.png\ns2/ir.png,s2/vis.png,s2/fused.png\n")
+    res = fuse("--pairs", "list.csv", weights=tiny_weights)
+    assert res.exit_code == 0 and "2 fused" in res.stdout, res.output
+    res = fuse("--pairs", "list.csv", weights=tiny_weights)
+    assert res.exit_code == 0 and "2 skipped" in res.stdout, res.output
+    res = fuse("--pairs", "list.csv", "--overwrite", weights=tiny_weights)
+    assert res.exit_code == 0 and "2 fused" in res.stdout, res.output
 
 
 def test_output_folder_containing_the_inputs_is_refused_even_nested(tmp_path, tiny_weights):
@@ -312,6 +333,7 @@ def test_an_interrupted_replacement_or_a_changed_input_is_made_again(tmp_path, t
     out = tmp_path / "out"
     assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
     good = (out / "a.png").read_bytes()
+    first_c = records(out)["c.png"]
     # the state a crash leaves between writing a replacement's record and its image: the record names the new
     # image's digest and the file it replaces, which is still there
     rec_path = out / ".diffmf" / "a.png.json"
@@ -330,7 +352,24 @@ def test_an_interrupted_replacement_or_a_changed_input_is_made_again(tmp_path, t
     assert (out / "a.png").read_bytes() == good
     # a replacement records what it replaced (what tells a crash from an edit)
     assert records(out)["b.png"]["replaces_sha256"] == old_b
-    assert "replaces_sha256" not in records(out)["c.png"]
+    assert first_c["replaces_sha256"] is None  # written where nothing was
+
+
+def test_a_record_of_an_older_diffmf_is_redone_as_it_was_then(tmp_path, tiny_weights):
+    """Records written before `replaces_sha256` existed cannot tell a crash from an edit: redone, as before."""
+    ir, vis = make_pairs(tmp_path, names=("a",))
+    out = tmp_path / "out"
+    assert fuse(ir, vis, "-o", out, weights=tiny_weights).exit_code == 0
+    good = (out / "a.png").read_bytes()
+    rec_path = out / ".diffmf" / "a.png.json"
+    rec = json.loads(rec_path.read_text())
+    del rec["replaces_sha256"]
+    rec["output_sha256"] = "0" * 64
+    rec_path.write_text(json.dumps(rec))
+    res = fuse(ir, vis, "-o", out, "--json", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    assert "interrupted" in json.loads(res.stdout)["pairs"][0]["reason"]
+    assert (out / "a.png").read_bytes() == good
 
 
 def test_an_output_changed_since_diffmf_wrote_it_is_not_replaced_silently(tmp_path, tiny_weights):
