@@ -11,9 +11,8 @@ the file it replaces, when one is there), the record is written atomically, and 
 atomically. After a crash (or `kill -9`) between the two, the record describes an image that is not there, or
 the file it was replacing, and the pair is simply redone. Any other bytes were not left by diffmf: someone
 changed the output, and the run will not silently replace their work. (A record of an older diffmf names no
-replaced file; its pair is redone, as it was then.) One
-file per output means shards on several machines writing into one folder never touch the same record (no
-locks, no shared manifest to corrupt).
+replaced file; its pair is redone, as it was then.) One file per output means shards on several machines
+writing into one folder never touch the same record (no locks, no shared manifest to corrupt).
 
 A re-run decides per output (`check_output`):
 
@@ -22,8 +21,8 @@ A re-run decides per output (`check_output`):
 * a record of these settings, but the output is the file an interrupted run was replacing, or an input
   changed since: fuse it again;
 * a record of other settings, an output changed since diffmf wrote it, no record at all, or an unreadable
-  one: a conflict. The run is refused before
-  anything is fused, naming the difference and the way out (--overwrite, or another output folder).
+  one: a conflict. The run is refused before anything is fused, naming the difference and the way out
+  (--overwrite, or another output folder).
 """
 
 from __future__ import annotations
