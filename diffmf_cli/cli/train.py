@@ -175,11 +175,35 @@ def _limit_numba_pool(threads: int) -> None:
         os.environ["NUMBA_NUM_THREADS"] = str(int(threads))
 
 
+def _check_export_target(run_dir: Path, output: Path) -> None:
+    """`--export RUN -o FILE` writes a weights file and nothing else: FILE may not be one of the run's own
+    files, and an existing FILE is replaced only when it is a diffmf weights file (never an image or a
+    source someone pointed -o at by mistake)."""
+    from diffmf_cli.errors import CheckpointError
+    from diffmf_cli.training.loop import RunFiles
+    from diffmf_cli.weights import read_metadata
+
+    files = RunFiles(run_dir)
+    own = [files.settings, files.data, files.checkpoint, files.log, files.plot, files.partial, files.name]
+    if output.exists() and any(f.exists() and os.path.samefile(f, output) for f in own):
+        raise UsageError(f"-o {output}: is a file of the run {run_dir}; exporting there would destroy it "
+                         "(give another .safetensors path)")
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a folder; give the .safetensors file to write")
+    if output.exists():
+        try:
+            read_metadata(output)
+        except CheckpointError:
+            raise UsageError(f"-o {output}: exists and is not a diffmf weights file; refusing to replace it "
+                             "(give another path)") from None
+
+
 def _export(stdout: Console, run_dir: Path, output: Path | None, name: str | None) -> int:
     from diffmf_cli.training.loop import export_run
 
     if output is None:
         raise UsageError("--export RUN_DIR needs -o FILE.safetensors")
+    _check_export_target(run_dir, output)
     path = export_run(run_dir, output, name=name)
     stdout.print(f"exported EMA weights of {run_dir} to {path}", markup=False)
     return 0

@@ -38,6 +38,7 @@ import torch
 
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
+from diffmf_cli.io.pairs import Pair
 from diffmf_cli.provenance import code_version
 from diffmf_cli.training import INIT_MAY_CHANGE
 from diffmf_cli.training.data import (
@@ -476,6 +477,7 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     loss_weights = settings.loss_weights()
 
     images, listed = load_sources(settings.sources, settings.crop_size)
+    _check_run_folder_apart(files.dir, settings, listed)
     held: list = []
     if settings.val_holdout:
         images, listed, held = hold_out(images, listed, settings.val_holdout)
@@ -527,6 +529,16 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     wall = state.wall_before + time.monotonic() - start
     return TrainResult(files.dir, state.step, settings.steps, state.step >= settings.steps, stopped_by, wall,
                        last_loss, last_loss_step)
+
+
+def _check_run_folder_apart(run_dir: Path, settings: TrainSettings, listed: list[list[Pair]]) -> None:
+    """UsageError when the run folder is, or is inside, a folder of training or validation images: its files
+    (checkpoint.pt, curves.png, ...) would mix with the sources, and curves.png could replace one."""
+    from diffmf_cli.io.outputs import check_outside
+
+    folders = {f.parent for source in listed for pair in source for f in (pair.ir, pair.vis)}
+    folders |= {Path(d) for spec in settings.val_sources for d in (spec.ir, spec.vis) if d is not None}
+    check_outside(run_dir, sorted(folders), "--out")
 
 
 def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:

@@ -68,6 +68,33 @@ def test_train_then_export_then_load(tmp_path):
     assert load_weights(tmp_path / "w" / "x.safetensors")[1]["name"] == "mine"
 
 
+def test_export_writes_only_a_weights_file(tmp_path):
+    """-o once replaced a training image and the run's own checkpoint with weights (exit 0)."""
+    ir, vis = _folders(tmp_path / "a")
+    run = tmp_path / "run"
+    assert _run("--ir", ir, "--vis", vis, "--out", run, "--steps", "1", *FAST).exit_code == 0
+    image, ckpt = (ir / "p0.png").read_bytes(), RunFiles(run).checkpoint.read_bytes()
+    for target, words in ((ir / "p0.png", "is not a diffmf weights file"),
+                          (RunFiles(run).checkpoint, "is a file of the run"), (tmp_path / "a", "is a folder")):
+        res = _run("--export", run, "-o", target)
+        assert res.exit_code == 2 and words in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert (ir / "p0.png").read_bytes() == image and RunFiles(run).checkpoint.read_bytes() == ckpt
+    # a weights file is replaced (the run's own model.safetensors too)
+    for target in (tmp_path / "w.safetensors", tmp_path / "w.safetensors", RunFiles(run).model):
+        assert _run("--export", run, "-o", target).exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["ir", "ir/run", "vi"])
+def test_run_folder_is_never_a_source_folder(tmp_path, where):
+    """--out on the IR folder once wrote curves.png over a source of that name."""
+    ir, vis = _folders(tmp_path / "a")
+    before = {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    res = _run("--ir", ir, "--vis", vis, "--out", tmp_path / "a" / where, "--steps", "1", *FAST)
+    assert res.exit_code == 2 and "--out" in res.stderr and "input folder" in res.stderr, res.output
+    assert {p: p.read_bytes() for p in (tmp_path / "a").rglob("*") if p.is_file()} == before
+
+
 def test_console_figures_say_which_log_row_they_are(tmp_path):
     """Checkpoints between log rows (every 3 steps, rows every 2) and the summary quote rows of log.jsonl,
     labelled with their own step: the console once printed step 2's loss as "step 3"."""
