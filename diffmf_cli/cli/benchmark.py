@@ -134,6 +134,11 @@ def _run(err, req: BenchmarkRequest) -> str:
                                    ("--sweep", req.sweep)) if on]
     if len(modes) > 1:
         raise UsageError(f"give one of {', '.join(modes)} at a time")
+    if input_dirs is not None:  # what benchmark writes stays out of the folders it reads
+        from diffmf_cli.io.outputs import check_outside
+
+        if req.output is not None:
+            check_outside(req.output, input_dirs, "-o")
     if req.warmup < 0:
         raise UsageError(f"--warmup {req.warmup}: must be 0 or more")
     if iters is not None and iters < 1:

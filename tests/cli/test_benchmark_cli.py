@@ -244,3 +244,17 @@ def test_real_subprocess_run(tmp_path):
     assert doc["rows"][0]["size"] == "16x16"
     # a fresh process: numba's threading layer starts during the run and must not undo --threads 1
     assert doc["machine"]["torch_threads"] == 1 and doc["rows"][0]["threads"] == 1
+
+
+def test_output_file_never_lands_in_an_input_folder(tmp_path):
+    """`-o irb/x.png` once replaced a source image with the benchmark's text."""
+    import shutil
+
+    ir, vis = tmp_path / "ir", tmp_path / "vis"
+    shutil.copytree(SAMPLES / "ir", ir)
+    shutil.copytree(SAMPLES / "vis", vis)
+    target = next(ir.iterdir())
+    before = target.read_bytes()
+    result = _invoke(*FAST, "--input", str(ir), str(vis), "--limit", "1", "-o", str(target))
+    assert result.exit_code == 2 and "is inside the input folder" in result.stderr
+    assert target.read_bytes() == before
