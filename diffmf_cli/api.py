@@ -18,6 +18,7 @@ Nothing here prints; problems raise the typed errors of `diffmf_cli.errors`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -127,9 +128,12 @@ class Fuser:
         fused = self._engine.fuse_images(np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared]))
         return [to_opencv(finish_pair(f, crcb, depth)) for f, (_ir, _y, crcb, depth) in zip(fused, prepared)]
 
-    def run(self, pairs: Iterable[Pair], out_dir: Path | None = None, *, ext: str = "png", gray: bool = False,
-            overwrite: bool = False, on_tiles: Callable[[int, int], None] | None = None) -> Iterator[PairResult]:
-        """Fuse pairs of files into `out_dir` (or each pair's own `out`), as `diffmf fuse` does: every output
+    def run(self, pairs: Iterable[Pair | tuple], out_dir: str | os.PathLike | None = None, *, ext: str = "png",
+            gray: bool = False, overwrite: bool = False,
+            on_tiles: Callable[[int, int], None] | None = None) -> Iterator[PairResult]:
+        """Fuse pairs of files into `out_dir` (or each pair's own `out`), as `diffmf fuse` does. `pairs`:
+        `Pair`s (`diffmf_cli.io.pair_folders(ir_dir, vis_dir).pairs`) or ``(ir, vis)`` / ``(ir, vis, out)``
+        tuples of paths (the output is named after the IR file's stem). Every output
         gets a record of what made it (`diffmf_cli.io.records`); outputs that exist from the same settings
         are skipped, outputs of other settings raise UsageError before anything is fused (unless
         `overwrite`); every output is written atomically; a bad pair is a "failed" result and the others go
@@ -137,12 +141,25 @@ class Fuser:
         image is fused in tiles."""
         from diffmf_cli.io.records import settings_for
 
+        pairs = (_as_pair(p) for p in pairs)
+        out_dir = None if out_dir is None else Path(out_dir)
+
         settings = settings_for(self.weights_path, gray=gray, precision=self.precision,
                                 tile=self._engine.options.tile, model=self.model_name)
         options = dataclasses.replace(self._engine.options, ext=ext.lower().lstrip("."), gray=gray,
                                       overwrite=overwrite, settings=settings, on_tiles=on_tiles)
         engine = FusionEngine(self._engine.model, self.device, self.dtype, options)
         yield from engine.run(pairs, out_dir)
+
+
+def _as_pair(item: Pair | tuple) -> Pair:
+    """A `Pair`, or one made from an ``(ir, vis[, out])`` tuple of paths; TypeError for anything else."""
+    if isinstance(item, Pair):
+        return item
+    if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        ir, vis = Path(item[0]), Path(item[1])
+        return Pair(ir.stem, ir, vis, Path(item[2]) if len(item) == 3 and item[2] is not None else None)
+    raise TypeError(f"Fuser.run: a pair is a Pair or an (ir, vis[, out]) tuple of paths, got {item!r}")
 
 
 __all__ = ["Fuser", "load_model", "resolve_model"]

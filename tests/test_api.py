@@ -136,3 +136,15 @@ def test_run_never_replaces_an_unrecorded_file_beside_the_inputs(fuser, tmp_path
         with pytest.raises(UsageError, match="without a diffmf record"):
             list(fuser.run([pair], overwrite=overwrite))
     assert other.read_bytes() == before
+
+
+def test_run_takes_path_tuples_and_a_string_folder(fuser, tmp_path, monkeypatch):
+    """The README's call: (ir, vis) tuples of strings and a string output folder, as the CLI writes them."""
+    write_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    results = list(fuser.run([("ir/gray8.png", "vis/gray8.png"), ("ir/colour8.png", "vis/colour8.png", "x/c.png")],
+                             "fused"))
+    assert [(r.name, r.status) for r in results] == [("gray8", "fused"), ("colour8", "fused")]
+    assert (tmp_path / "fused" / "gray8.png").is_file() and (tmp_path / "x" / "c.png").is_file()
+    with pytest.raises(TypeError, match=r"an \(ir, vis\[, out\]\) tuple"):
+        list(fuser.run(["ir/gray8.png"], "fused"))
