@@ -281,7 +281,7 @@ def _fmt_csv(value) -> str:
 
 def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
     from diffmf_cli.metrics import METRICS
-    from diffmf_cli.metrics.evaluation import best_methods, format_value, method_blocks
+    from diffmf_cli.metrics.evaluation import best_methods, format_value, method_blocks, same_images
 
     blocks = method_blocks(doc)
     best = best_methods(doc, names)
@@ -305,8 +305,11 @@ def _print_table(console: Console, doc: dict, names, per_image: bool) -> None:
             cells.append(f"[bold green]{_escape(text)} *[/]" if method in best[metric] else _escape(text))
         table.add_row(f"{metric} {METRICS[metric].arrow}", *cells)
     console.print(table)
-    if len(blocks) > 1:
+    if len(blocks) > 1 and same_images(doc):
         console.print("* (bold green): best mean per metric (↑ higher is better, ↓ lower)", markup=False)
+    elif len(blocks) > 1:
+        console.print("no best marked: the methods were scored on different images, so their means do not "
+                      "compare", markup=False)
     if excluded_any:
         console.print("(k nan): images where the metric is undefined, left out of mean and std", markup=False)
     for note in doc.get("notes", []):

@@ -286,11 +286,18 @@ def method_blocks(doc: dict) -> dict[str, dict]:
     return doc["methods"] if "methods" in doc else {doc["method"]: doc}
 
 
+def same_images(doc: dict) -> bool:
+    """True when every method of the document was scored on the same images."""
+    blocks = doc.get("methods") or {}
+    return len({frozenset(b.get("per_image", ())) for b in blocks.values()}) <= 1
+
+
 def best_methods(doc: dict, names) -> dict[str, set[str]]:
-    """Per metric, the method(s) with the best mean (direction from the registry); empty for one method."""
+    """Per metric, the method(s) with the best mean (direction from the registry); empty for one method, and
+    for methods scored on different images (their means would not be comparable: `same_images`)."""
     blocks = doc.get("methods")
     best: dict[str, set[str]] = {m: set() for m in names}
-    if not blocks or len(blocks) < 2:
+    if not blocks or len(blocks) < 2 or not same_images(doc):
         return best
     for metric in names:
         means = {k: b["summary"][metric]["mean"] for k, b in blocks.items()}

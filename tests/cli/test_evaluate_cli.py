@@ -107,6 +107,17 @@ def test_best_value_per_metric_follows_direction(dataset):
     assert best_methods(doc, ["EN", "MSE"]) == {"EN": {"x"}, "MSE": {"y"}}
 
 
+def test_no_best_is_marked_between_methods_scored_on_different_images(dataset):
+    """A method with one image against one with three: their means do not compare, so no star."""
+    import shutil
+
+    (dataset / "part").mkdir()
+    shutil.copy(dataset / "fused_b" / "a.bmp", dataset / "part" / "a.bmp")
+    res = _invoke(dataset / "ir", dataset / "vis", "--fused", f"full={dataset / 'fused_a'}",
+                  "--fused", f"part={dataset / 'part'}", "-m", "EN,MSE")
+    assert "*" not in res.stdout and "scored on different images" in res.stdout
+
+
 def test_csv_output_to_file(dataset, tmp_path):
     out = tmp_path / "res" / "m.csv"
     res = _invoke(dataset / "fused_a", dataset / "ir", dataset / "vis", "-m", "EN,CC", "-f", "csv", "-o", out)
