@@ -185,7 +185,8 @@ def _run(err, out, req: FuseRequest) -> int:
                              "; nothing was fused")
         pairs = pairing.pairs
     if out_dir is None and any(p.out is None for p in pairs):
-        raise UsageError("give an output folder with -o OUT_DIR")
+        single = req.pairs_csv is None and req.ir is not None and req.ir.is_file()
+        raise UsageError("give -o OUT_FILE (or an output folder)" if single else "give an output folder with -o OUT_DIR")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir}: output exists and is not a folder")
     outputs = [output_path(p, out_dir, options.ext) for p in pairs]

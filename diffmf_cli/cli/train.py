@@ -205,7 +205,12 @@ def _export(stdout: Console, run_dir: Path, output: Path | None, name: str | Non
         raise UsageError("--export RUN_DIR needs -o FILE.safetensors")
     _check_export_target(run_dir, output)
     path = export_run(run_dir, output, name=name)
-    stdout.print(f"exported EMA weights of {run_dir} to {path}", markup=False)
+    from diffmf_cli.weights import read_metadata
+
+    training = read_metadata(path).get("training", {})
+    step, total = training.get("steps"), training.get("total_steps")
+    unfinished = f" (step {step} of {total}: the run is not finished)" if step != total else ""
+    stdout.print(f"exported EMA weights of {run_dir} to {path}{unfinished}", markup=False)
     return 0
 
 

@@ -83,6 +83,13 @@ def test_export_writes_only_a_weights_file(tmp_path):
     # a weights file is replaced (the run's own model.safetensors too)
     for target in (tmp_path / "w.safetensors", tmp_path / "w.safetensors", RunFiles(run).model):
         assert _run("--export", run, "-o", target).exit_code == 0
+    res = _run("--export", run, "-o", tmp_path / "w.safetensors")
+    assert "not finished" not in res.stdout  # 1 of 1 steps
+    cut = tmp_path / "cut"
+    assert _run("--ir", ir, "--vis", vis, "--out", cut, "--steps", "4", "--max-minutes", "0.00001",
+                *FAST).exit_code == 0
+    res = _run("--export", cut, "-o", tmp_path / "cut.safetensors")
+    assert res.exit_code == 0 and "(step 1 of 4: the run is not finished)" in res.stdout, res.output
 
 
 @pytest.mark.parametrize("where", ["ir", "ir/run", "vi"])
