@@ -99,8 +99,11 @@ def train_command(
                                         "shipped name) instead of random ones: fine-tuning; the model config "
                                         "is the file's, except head options given with --model-option "
                                         f"({', '.join(INIT_MAY_CHANGE)})."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with the same settings "
-                                          "(command-line options win)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of settings (command-line options "
+                                          "win): the options' names with _ (batch_size = 8, init_weights = "
+                                          "FILE), [[source]] / [[val_source]] tables (ir + vis, or pairs) for "
+                                          "--ir/--vis, and [model] / [loss] tables; examples in "
+                                          "weights/training/*.toml."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (after a "
                                                 "checkpoint) after this many minutes; --resume continues."),
