@@ -190,6 +190,7 @@ class _Loaded:
 #: Kinds of `PairResult.notes`: things done to a pair that the user did not ask for in so many words.
 NOTE_DECODER, NOTE_COLOUR_IR, NOTE_8BIT = "damaged input decoded anyway", "colour IR reduced to luminance", \
     "16-bit written as 8-bit"
+NOTE_ALPHA = "transparency dropped"
 
 
 def load_pair(pair: Pair, keep_colour: bool = True,
@@ -198,9 +199,11 @@ def load_pair(pair: Pair, keep_colour: bool = True,
     bad file or a size mismatch (the message gives both sizes). `notes` gets (kind, message) for what the
     user should hear about (a damaged file decoded anyway, a colour IR image)."""
     said: list[str] = []
-    ir_raw, vis_raw = read_image(pair.ir, said), read_image(pair.vis, said)
+    alpha: list[str] = []
+    ir_raw, vis_raw = read_image(pair.ir, said, alpha), read_image(pair.vis, said, alpha)
     if notes is not None:
         notes.extend((NOTE_DECODER, line) for line in said)
+        notes.extend((NOTE_ALPHA, line) for line in alpha)
     return prepare_pair(ir_raw, vis_raw, keep_colour, str(pair.ir), str(pair.vis), notes)
 
 

@@ -34,13 +34,15 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 SIXTEEN_BIT_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff")
 
 
-def read_image(path: Path | str, notes: list[str] | None = None) -> np.ndarray:
+def read_image(path: Path | str, notes: list[str] | None = None,
+               alpha_notes: list[str] | None = None) -> np.ndarray:
     """Decode an image file to a raw array: (H, W) gray or (H, W, 3) RGB, uint8 or uint16.
 
-    Gray+alpha and RGBA files lose their alpha channel. Raises InputError for a missing, unreadable,
-    empty, truncated, corrupt or non-image file, or an unsupported pixel type (e.g. float TIFF). What the
-    codec complained about in a file it still decoded ("Corrupt JPEG data: premature end of data segment")
-    is appended to `notes` (one line each, naming the file), when given.
+    Gray+alpha and RGBA files lose their alpha channel (said in `alpha_notes`, when given, if any pixel was
+    not opaque). Raises InputError for a missing, unreadable, empty, truncated, corrupt or non-image file, or
+    an unsupported pixel type (e.g. float TIFF). What the codec complained about in a file it still decoded
+    ("Corrupt JPEG data: premature end of data segment") is appended to `notes` (one line each, naming the
+    file), when given.
     """
     path = Path(path)
     try:
@@ -63,6 +65,10 @@ def read_image(path: Path | str, notes: list[str] | None = None) -> np.ndarray:
                          f"{why})")
     if notes is not None:
         notes.extend(f"{path}: damaged data, decoded anyway (the decoder said: {line})" for line in said)
+    if (alpha_notes is not None and img.ndim == 3 and img.shape[2] in (2, 4)
+            and (img[:, :, -1] < np.iinfo(img.dtype).max).any()):
+        alpha_notes.append(f"{path}: transparency dropped (the colours under transparent pixels are fused as "
+                           "they are stored)")
     return from_opencv(img, str(path))
 
 

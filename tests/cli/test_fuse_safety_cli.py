@@ -440,6 +440,23 @@ def test_silent_conversions_are_warned_about_once_per_kind(tmp_path, tiny_weight
     assert "16-bit" not in png.stderr
 
 
+def test_transparency_dropped_is_said_only_when_something_was_transparent(tmp_path, tiny_weights):
+    import cv2
+
+    ir, vis = tmp_path / "ir", tmp_path / "vis"
+    for name, alpha in (("see_through", 0), ("opaque", 255)):
+        write_image(ir / f"{name}.png", RNG.integers(0, 256, (12, 16)).astype(np.uint8))
+        bgra = RNG.integers(0, 256, (12, 16, 4)).astype(np.uint8)
+        bgra[:, :, 3] = 255
+        bgra[:4, :4, 3] = alpha
+        vis.mkdir(exist_ok=True)
+        cv2.imwrite(str(vis / f"{name}.png"), bgra)
+    res = fuse(ir, vis, "-o", tmp_path / "out", weights=tiny_weights)
+    assert res.exit_code == 0, res.output
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "see_through.png: transparency dropped" in warnings[0], res.stderr
+
+
 def _damaged_inputs(root: Path) -> tuple[Path, Path]:
     """A PNG with a broken IDAT stream (libpng errors), a truncated PNG, and a JPEG with a damaged scan that
     libjpeg decodes anyway (with a warning)."""
