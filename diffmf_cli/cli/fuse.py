@@ -167,6 +167,9 @@ def _run(err, out, req: FuseRequest) -> int:
             raise UsageError(f"{req.ir} is given as both IR and VIS; it would be fused with itself")
         if req.output is not None and is_image_file(req.output):
             pairs, out_dir = [Pair(req.ir.stem, req.ir, req.vis, req.output)], None
+        elif req.output is not None and req.output.suffix and not req.output.is_dir():
+            raise UsageError(f"-o {req.output}: {req.output.suffix} is not an output format (png, jpg, jpeg, bmp, "
+                             "tif, tiff); give a file with one of those, or a folder that exists")
         else:
             pairs = [Pair(req.ir.stem, req.ir, req.vis)]
     else:

@@ -158,6 +158,17 @@ def test_pair_list_csv(tmp_path, tiny_weights):
     assert (tmp_path / "named" / "b.png").is_file()
 
 
+def test_single_pair_output_of_an_unknown_format_is_refused(tmp_path, tiny_weights):
+    """`-o single.webp` once made a folder of that name and wrote the output inside it."""
+    ir, vis = make_folders(tmp_path, {"a": (".png", ".png", 8, 8, None)})
+    res = fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / "single.webp", weights=tiny_weights)
+    assert res.exit_code == 2 and ".webp is not an output format" in res.stderr
+    assert not (tmp_path / "single.webp").exists()
+    (tmp_path / "run.v2").mkdir()  # an existing folder with a dot still takes the output
+    assert fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / "run.v2", weights=tiny_weights).exit_code == 0
+    assert (tmp_path / "run.v2" / "a.png").is_file()
+
+
 def test_strict_refuses_unpaired_files(tmp_path, tiny_weights):
     ir, vis = make_folders(tmp_path, {"a": (".png", ".png", 8, 8, None)})
     write_image(ir / "orphan.png", img(8, 8))
