@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -363,6 +364,12 @@ class FilePipeline:
                 planned.append((index, pair, output_path(pair, out_dir, opts.ext)))
             except DiffMFError as exc:
                 early.append(PairResult(index, pair.name, pair.ir, pair.vis, None, "failed", str(exc)))
+        seen: dict[Path, Pair] = {}
+        for _i, pair, out in planned:  # two pairs, one file: the second would silently replace the first
+            first = seen.setdefault(Path(os.path.realpath(out)), pair)
+            if first is not pair:
+                raise UsageError(f"{out}: the output of both {first.ir} and {pair.ir}; give the pairs outputs of "
+                                 "their own")
         # never onto a source, whoever calls (the CLI checks this earlier, with the input folders too)
         check_inputs_untouched([out for _i, _p, out in planned], [f for _i, p, _o in planned for f in (p.ir, p.vis)],
                                out_dir if any(p.out is None for _i, p, _o in planned) else None)

@@ -148,3 +148,14 @@ def test_run_takes_path_tuples_and_a_string_folder(fuser, tmp_path, monkeypatch)
     assert (tmp_path / "fused" / "gray8.png").is_file() and (tmp_path / "x" / "c.png").is_file()
     with pytest.raises(TypeError, match=r"an \(ir, vis\[, out\]\) tuple"):
         list(fuser.run(["ir/gray8.png"], "fused"))
+
+
+def test_run_refuses_two_pairs_with_one_output(fuser, tmp_path, monkeypatch):
+    """Tuples are named after the IR file's stem: a/x.png and b/x.png would both write fused/x.png."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_inputs(tmp_path / folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"the output of both a/ir/gray8.png and b/ir/gray8.png"):
+        list(fuser.run([("a/ir/gray8.png", "a/vis/gray8.png"), ("b/ir/gray8.png", "b/vis/gray8.png")], "fused"))
+    assert not (tmp_path / "fused").exists()

@@ -187,7 +187,8 @@ def _check_export_target(run_dir: Path, output: Path) -> None:
     from diffmf_cli.weights import read_metadata
 
     files = RunFiles(run_dir)
-    own = [files.settings, files.data, files.checkpoint, files.log, files.plot, files.partial, files.name]
+    own = [files.settings, files.data, files.checkpoint, files.log, files.plot, files.model, files.partial,
+           files.name]
     if output.exists() and any(f.exists() and os.path.samefile(f, output) for f in own):
         raise UsageError(f"-o {output}: is a file of the run {run_dir}; exporting there would destroy it "
                          "(give another .safetensors path)")

@@ -66,7 +66,7 @@ def read_image(path: Path | str, notes: list[str] | None = None,
     if notes is not None:
         notes.extend(f"{path}: damaged data, decoded anyway (the decoder said: {line})" for line in said)
     if (alpha_notes is not None and img.ndim == 3 and img.shape[2] in (2, 4)
-            and (img[:, :, -1] < np.iinfo(img.dtype).max).any()):
+            and img[:, :, -1].min() < np.iinfo(img.dtype).max):
         alpha_notes.append(f"{path}: transparency dropped (the colours under transparent pixels are fused as "
                            "they are stored)")
     return from_opencv(img, str(path))

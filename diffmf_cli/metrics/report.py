@@ -19,7 +19,7 @@ import numpy as np
 
 from diffmf_cli.errors import InputError
 from diffmf_cli.io.files import atomic_write_bytes
-from diffmf_cli.metrics.evaluation import format_value
+from diffmf_cli.metrics.evaluation import format_value, same_images
 from diffmf_cli.io.images import read_image
 
 THUMB_SIDE = 256  # longest side of the images on the page
@@ -227,8 +227,11 @@ def _page(doc, names, methods, blocks, best, charts, tasks, results, sheet) -> s
             parts.append(f"<td{cls}>{esc(text)}</td>")
         parts.append("</tr>")
     parts.append("</table>")
-    if len(methods) > 1:
+    if len(methods) > 1 and same_images(doc):
         parts.append("<p>Green: best mean per metric (↑ higher is better, ↓ lower is better).</p>")
+    elif len(methods) > 1:
+        parts.append("<p>No best marked: the methods were scored on different images, so their means do not "
+                     "compare.</p>")
     parts.append("<h2>Per metric</h2><div class='charts'>")
     parts += [f"<img alt='{esc(m)}' src='{_png_uri(png)}'>" for m, png in charts.items()]
     parts.append("</div>")

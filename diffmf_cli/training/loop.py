@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import platform
 import signal
 import threading
@@ -38,7 +39,6 @@ import torch
 
 from diffmf_cli.errors import CheckpointError, DiffMFError, UsageError, one_line
 from diffmf_cli.io.files import atomic_write
-from diffmf_cli.io.pairs import Pair
 from diffmf_cli.provenance import code_version
 from diffmf_cli.training import INIT_MAY_CHANGE
 from diffmf_cli.training.data import (
@@ -46,6 +46,7 @@ from diffmf_cli.training.data import (
     SourceSpec,
     check_jitter,
     hold_out,
+    list_source_pairs,
     load_sources,
     luminance,
 )
@@ -472,12 +473,12 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     """
     report = report or (lambda kind, info: None)
     files = RunFiles(run_dir)
+    _check_run_folder_apart(files.dir, settings)
     ckpt = _open_run(settings, files, resume)
     cfg = settings.model_config()
     loss_weights = settings.loss_weights()
 
     images, listed = load_sources(settings.sources, settings.crop_size)
-    _check_run_folder_apart(files.dir, settings, listed)
     held: list = []
     if settings.val_holdout:
         images, listed, held = hold_out(images, listed, settings.val_holdout)
@@ -531,14 +532,21 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
                        last_loss, last_loss_step)
 
 
-def _check_run_folder_apart(run_dir: Path, settings: TrainSettings, listed: list[list[Pair]]) -> None:
-    """UsageError when the run folder is, or is inside, a folder of training or validation images: its files
-    (checkpoint.pt, curves.png, ...) would mix with the sources, and curves.png could replace one."""
+def _check_run_folder_apart(run_dir: Path, settings: TrainSettings) -> None:
+    """UsageError when the run folder is a folder of training or validation images, or inside a folder given
+    as a source (`ir`/`vis`): its files (checkpoint.pt, curves.png, ...) would mix with the images, and
+    curves.png could replace one. Checked before anything is read or written (listing the pairs is cheap)."""
     from diffmf_cli.io.outputs import check_outside
 
-    folders = {f.parent for source in listed for pair in source for f in (pair.ir, pair.vis)}
-    folders |= {Path(d) for spec in settings.val_sources for d in (spec.ir, spec.vis) if d is not None}
-    check_outside(run_dir, sorted(folders), "--out")
+    specs = [*settings.sources, *settings.val_sources]
+    check_outside(run_dir, [Path(d) for spec in specs for d in (spec.ir, spec.vis) if d is not None], "--out")
+    real = Path(os.path.realpath(run_dir))
+    for spec in specs:
+        for pair in list_source_pairs(spec):
+            for image in (pair.ir, pair.vis):
+                if Path(os.path.realpath(image.parent)) == real:
+                    raise UsageError(f"--out {run_dir}: is the folder of the training image {image}; the run's "
+                                     "files would mix with the images (give a folder of its own)")
 
 
 def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:

@@ -116,6 +116,11 @@ def test_no_best_is_marked_between_methods_scored_on_different_images(dataset):
     res = _invoke(dataset / "ir", dataset / "vis", "--fused", f"full={dataset / 'fused_a'}",
                   "--fused", f"part={dataset / 'part'}", "-m", "EN,MSE")
     assert "*" not in res.stdout and "scored on different images" in res.stdout
+    report = dataset / "report"
+    _invoke(dataset / "ir", dataset / "vis", "--fused", f"full={dataset / 'fused_a'}",
+            "--fused", f"part={dataset / 'part'}", "-m", "EN", "--report", report)
+    page = (report / "index.html").read_text()
+    assert "Green: best" not in page and "scored on different images" in page and "class='best'" not in page
 
 
 def test_csv_output_to_file(dataset, tmp_path):

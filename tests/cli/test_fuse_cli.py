@@ -164,9 +164,12 @@ def test_single_pair_output_of_an_unknown_format_is_refused(tmp_path, tiny_weigh
     res = fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / "single.webp", weights=tiny_weights)
     assert res.exit_code == 2 and ".webp is not an output format" in res.stderr
     assert not (tmp_path / "single.webp").exists()
-    (tmp_path / "run.v2").mkdir()  # an existing folder with a dot still takes the output
-    assert fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / "run.v2", weights=tiny_weights).exit_code == 0
-    assert (tmp_path / "run.v2" / "a.png").is_file()
+    res = fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / ".hidden.png", weights=tiny_weights)
+    assert res.exit_code == 2 and "a hidden name" in res.stderr and not (tmp_path / ".hidden.png").exists()
+    for folder in ("run.v2", "res.png"):  # existing folders take the output, whatever their name
+        (tmp_path / folder).mkdir()
+        assert fuse(ir / "a.png", vis / "a.png", "-o", tmp_path / folder, weights=tiny_weights).exit_code == 0
+        assert (tmp_path / folder / "a.png").is_file()
 
 
 def test_strict_refuses_unpaired_files(tmp_path, tiny_weights):

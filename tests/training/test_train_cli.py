@@ -80,9 +80,10 @@ def test_export_writes_only_a_weights_file(tmp_path):
         assert res.exit_code == 2 and words in res.stderr, res.output
         assert len(res.stderr.strip().splitlines()) == 1
     assert (ir / "p0.png").read_bytes() == image and RunFiles(run).checkpoint.read_bytes() == ckpt
-    # a weights file is replaced (the run's own model.safetensors too)
-    for target in (tmp_path / "w.safetensors", tmp_path / "w.safetensors", RunFiles(run).model):
+    # a weights file is replaced, but not the run's own model.safetensors (what marks it finished)
+    for target in (tmp_path / "w.safetensors", tmp_path / "w.safetensors"):
         assert _run("--export", run, "-o", target).exit_code == 0
+    assert "is a file of the run" in _run("--export", run, "-o", RunFiles(run).model).stderr
     res = _run("--export", run, "-o", tmp_path / "w.safetensors")
     assert "not finished" not in res.stdout  # 1 of 1 steps
     cut = tmp_path / "cut"
@@ -90,6 +91,20 @@ def test_export_writes_only_a_weights_file(tmp_path):
                 *FAST).exit_code == 0
     res = _run("--export", cut, "-o", tmp_path / "cut.safetensors")
     assert res.exit_code == 0 and "(step 1 of 4: the run is not finished)" in res.stdout, res.output
+
+
+def test_run_folder_beside_a_pair_lists_images_is_refused_below_them_allowed(tmp_path):
+    """A pair list reads no sub-folders: a run folder below its images' folder is fine, the folder itself not."""
+    ir, vis = _folders(tmp_path / "data")
+    for name in ("ir", "vi"):
+        for p in (tmp_path / "data" / name).iterdir():
+            p.rename(tmp_path / "data" / f"{name}_{p.name}")
+    (tmp_path / "data" / "pairs.csv").write_text("ir_p0.png,vi_p0.png\nir_p1.png,vi_p1.png\n")
+    res = _run("--pairs", tmp_path / "data" / "pairs.csv", "--out", tmp_path / "data", "--steps", "1", *FAST)
+    assert res.exit_code == 2 and "is the folder of the training image" in res.stderr, res.output
+    res = _run("--pairs", tmp_path / "data" / "pairs.csv", "--out", tmp_path / "data" / "runs" / "r1", "--steps",
+               "1", *FAST)
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("where", ["ir", "ir/run", "vi"])
