@@ -248,11 +248,14 @@ def _dihedral(img: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return out[:, ::-1] if flip else out
 
 
-def load_sources(specs: list[SourceSpec], crop: int) -> tuple[list[list[PairImages]], list[list[Pair]]]:
-    """Decode every pair of every source, padded to at least ``crop``. UsageError when a source has no image
-    whose smaller side is half the crop or more: its crops would be mostly padding (more than 3/4 of each),
-    and a crop far beyond the images only costs memory (a 4000 crop of 480x640 images ran a machine out)."""
-    listed = [list_source_pairs(spec) for spec in specs]
+def load_sources(specs: list[SourceSpec], crop: int,
+                 listed: list[list[Pair]] | None = None) -> tuple[list[list[PairImages]], list[list[Pair]]]:
+    """Decode every pair of every source (`listed`: their pairs when the caller has already listed them),
+    padded to at least ``crop``. UsageError when a source has no image whose smaller side is half the crop or
+    more: its crops would be mostly padding (more than 3/4 of each), and a crop far beyond the images only
+    costs memory (a 4000 crop of 480x640 images ran a machine out)."""
+    if listed is None:
+        listed = [list_source_pairs(spec) for spec in specs]
     images = [[load_pair(p) for p in pairs] for pairs in listed]
     for spec, source in zip(specs, images):
         side = max(min(im.ir.shape[:2]) for im in source)

@@ -473,12 +473,13 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
     """
     report = report or (lambda kind, info: None)
     files = RunFiles(run_dir)
-    _check_run_folder_apart(files.dir, settings)
+    listed = [list_source_pairs(spec) for spec in settings.sources]
+    _check_run_folder_apart(files.dir, settings, listed)
     ckpt = _open_run(settings, files, resume)
     cfg = settings.model_config()
     loss_weights = settings.loss_weights()
 
-    images, listed = load_sources(settings.sources, settings.crop_size)
+    images, listed = load_sources(settings.sources, settings.crop_size, listed)
     held: list = []
     if settings.val_holdout:
         images, listed, held = hold_out(images, listed, settings.val_holdout)
@@ -532,21 +533,26 @@ def train(settings: TrainSettings, run_dir: str | Path, *, resume: bool = False,
                        last_loss, last_loss_step)
 
 
-def _check_run_folder_apart(run_dir: Path, settings: TrainSettings) -> None:
+def _check_run_folder_apart(run_dir: Path, settings: TrainSettings, listed: list[list]) -> None:
     """UsageError when the run folder is a folder of training or validation images, or inside a folder given
     as a source (`ir`/`vis`): its files (checkpoint.pt, curves.png, ...) would mix with the images, and
-    curves.png could replace one. Checked before anything is read or written (listing the pairs is cheap)."""
+    curves.png could replace one. `listed`: the training sources' pairs. Checked before anything is read or
+    written (listing the pairs is cheap)."""
     from diffmf_cli.io.outputs import check_outside
 
     specs = [*settings.sources, *settings.val_sources]
     check_outside(run_dir, [Path(d) for spec in specs for d in (spec.ir, spec.vis) if d is not None], "--out")
+    pairs = [pair for source in listed for pair in source]
+    pairs += [pair for spec in settings.val_sources for pair in list_source_pairs(spec)]
+    folders: dict[Path, Path] = {}  # each folder once, with the first image listed in it
+    for pair in pairs:
+        for image in (pair.ir, pair.vis):
+            folders.setdefault(image.parent, image)
     real = Path(os.path.realpath(run_dir))
-    for spec in specs:
-        for pair in list_source_pairs(spec):
-            for image in (pair.ir, pair.vis):
-                if Path(os.path.realpath(image.parent)) == real:
-                    raise UsageError(f"--out {run_dir}: is the folder of the training image {image}; the run's "
-                                     "files would mix with the images (give a folder of its own)")
+    for folder, image in folders.items():
+        if Path(os.path.realpath(folder)) == real:
+            raise UsageError(f"--out {run_dir}: is the folder of the training image {image}; the run's "
+                             "files would mix with the images (give a folder of its own)")
 
 
 def _open_run(settings: TrainSettings, files: RunFiles, resume: bool) -> dict | None:
