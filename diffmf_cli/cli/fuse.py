@@ -165,18 +165,16 @@ def _run(err, out, req: FuseRequest) -> int:
                 raise UsageError(f"{path}: not an image file (IR and VIS must both be files or both folders)")
         if _same(req.ir, req.vis):
             raise UsageError(f"{req.ir} is given as both IR and VIS; it would be fused with itself")
-        if req.output is not None and req.output.is_dir():
-            pairs = [Pair(req.ir.stem, req.ir, req.vis)]
-        elif req.output is not None and is_image_file(req.output):
-            pairs, out_dir = [Pair(req.ir.stem, req.ir, req.vis, req.output)], None
-        elif req.output is not None and req.output.name.startswith("."):
-            raise UsageError(f"-o {req.output}: a hidden name (starting with .) is never written as an output; "
-                             "give another name")
-        elif req.output is not None and req.output.suffix:
-            raise UsageError(f"-o {req.output}: {req.output.suffix} is not an output format (png, jpg, jpeg, bmp, "
-                             "tif, tiff); give a file with one of those, or a folder that exists")
-        else:
-            pairs = [Pair(req.ir.stem, req.ir, req.vis)]
+        pairs = [Pair(req.ir.stem, req.ir, req.vis)]  # into the folder -o (an existing one, whatever its name)
+        if req.output is not None and not req.output.is_dir():
+            if is_image_file(req.output):
+                pairs, out_dir = [Pair(req.ir.stem, req.ir, req.vis, req.output)], None
+            elif req.output.name.startswith("."):
+                raise UsageError(f"-o {req.output}: a hidden name (starting with .) is never written as an "
+                                 "output; give another name")
+            elif req.output.suffix:
+                raise UsageError(f"-o {req.output}: {req.output.suffix} is not an output format (png, jpg, jpeg, "
+                                 "bmp, tif, tiff); give a file with one of those, or a folder that exists")
     else:
         if _same(req.ir, req.vis):
             raise UsageError(f"{req.ir} is given as both IR and VIS; every image would be fused with itself")
